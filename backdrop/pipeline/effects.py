@@ -1,0 +1,154 @@
+"""Effects: build a background, then composite the subject over it with the alpha matte.
+
+Blurs are computed at reduced resolution (the image is shrunk so the blur radius is a fixed number of
+pixels there, then enlarged back), so their cost does not grow with strength. They are normalised
+convolutions weighted by "is background", so the subject's colours never bleed into the blurred
+background around it (no halo).
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from backdrop.params import Bokeh, Effect, JobParams
+from backdrop.pipeline.geometry import resize_to
+
+# Blur radius at strength 1 and 100, as a share of the image's longer side.
+MIN_RADIUS_SHARE = 0.004
+MAX_RADIUS_SHARE = 0.06
+# Radius, in pixels of the reduced image, at which each blur is computed; a disc needs more pixels
+# than a Gaussian to keep its crisp bokeh edge.
+WORK_RADIUS = {Bokeh.GAUSSIAN: 8.0, Bokeh.LENS: 12.0}
+# Largest reduced image used for blurring (long side); bounds the cost of weak blurs on huge photos.
+MAX_WORK_SIDE = 2048
+# Lens: highlights above this linear brightness gain up to BLOOM_GAIN times their energy, so they
+# spread into bright discs the way point lights do through a real lens.
+BLOOM_THRESHOLD = 0.6
+BLOOM_GAIN = 8.0
+_GAMMA = 2.2
+_SRGB_TO_LINEAR = ((np.arange(256, dtype=np.float32) / 255.0) ** _GAMMA).astype(np.float32)
+
+
+def blur_radius(strength: int, width: int, height: int) -> float:
+    """Blur radius in pixels for a strength of 1–100."""
+    share = MIN_RADIUS_SHARE + (MAX_RADIUS_SHARE - MIN_RADIUS_SHARE) * (strength - 1) / 99
+    return share * max(width, height)
+
+
+def background_weight(alpha: np.ndarray) -> np.ndarray:
+    """How much a pixel may contribute to the blurred background: 1 for clear background, 0 from
+    half-subject on, so soft edge pixels do not carry the subject's colour outwards."""
+    return np.square(np.clip(1.0 - 2.0 * alpha, 0.0, 1.0)).astype(np.float32)
+
+
+def disc_kernel(radius: float) -> np.ndarray:
+    """A normalised, anti-aliased disc: the aperture of a lens."""
+    half = math.ceil(radius)
+    y, x = np.mgrid[-half : half + 1, -half : half + 1].astype(np.float32)
+    kernel = np.clip(radius + 0.5 - np.hypot(x, y), 0.0, 1.0)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def blurred_background(
+    image: np.ndarray, preview: np.ndarray, alpha_preview: np.ndarray, strength: int, bokeh: Bokeh
+) -> np.ndarray:
+    """The background of ``image`` blurred at ``strength``, with the subject left out (full-res uint8)."""
+    height, width = image.shape[:2]
+    radius = blur_radius(strength, width, height)
+    factor = max(1.0, radius / WORK_RADIUS[bokeh], max(width, height) / MAX_WORK_SIDE)
+    work_w, work_h = max(1, round(width / factor)), max(1, round(height / factor))
+    # Shrink from the smallest copy that is still at least as large as the work size.
+    source = preview if preview.shape[1] >= work_w and preview.shape[0] >= work_h else image
+    small = resize_to(source, work_w, work_h)
+    weight = background_weight(resize_to(alpha_preview, work_w, work_h))
+    work_radius = radius / factor
+
+    if bokeh is Bokeh.LENS:
+        light = _SRGB_TO_LINEAR[small]
+        brightness = light.max(axis=2)
+        ramp = np.clip((brightness - BLOOM_THRESHOLD) / (1.0 - BLOOM_THRESHOLD), 0.0, 1.0)
+        light *= (1.0 + (BLOOM_GAIN - 1.0) * ramp * ramp)[..., None]
+        kernel = disc_kernel(work_radius)
+
+        def spread(x: np.ndarray) -> np.ndarray:
+            return cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REFLECT)
+    else:
+        light = small.astype(np.float32)
+        sigma = max(work_radius / 2.0, 0.5)
+
+        def spread(x: np.ndarray) -> np.ndarray:
+            return cv2.GaussianBlur(x, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+
+    # Normalised convolution: sum(background colour) / sum(background weight). The small constant term
+    # falls back to the unblurred pixel deep inside the subject, where no background is near (hidden
+    # by the subject anyway).
+    floor = 1e-3
+    numerator = spread(light * weight[..., None]) + floor * light
+    denominator = spread(weight) + floor
+    blurred = numerator / denominator[..., None]
+
+    if bokeh is Bokeh.LENS:
+        blurred = np.power(np.clip(blurred, 0.0, 1.0), 1.0 / _GAMMA) * 255.0
+    result = cv2.convertScaleAbs(blurred)  # saturating float → uint8 (values are never negative)
+    return resize_to(result, width, height)
+
+
+def cover(background: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Scale ``background`` to cover width x height (cropping the overflow, centred)."""
+    bg_h, bg_w = background.shape[:2]
+    scale = max(width / bg_w, height / bg_h)
+    crop_w, crop_h = min(bg_w, max(1, round(width / scale))), min(bg_h, max(1, round(height / scale)))
+    x0, y0 = (bg_w - crop_w) // 2, (bg_h - crop_h) // 2
+    return resize_to(np.ascontiguousarray(background[y0 : y0 + crop_h, x0 : x0 + crop_w]), width, height)
+
+
+def composite(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """``foreground * a + background * (1 - a)`` in uint8; exact where alpha is 0 or 255."""
+    alpha3 = cv2.merge([alpha, alpha, alpha])
+    front = cv2.multiply(foreground, alpha3, scale=1 / 255)
+    back = cv2.multiply(background, cv2.bitwise_not(alpha3), scale=1 / 255)
+    return cv2.add(front, back)
+
+
+def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray | None) -> np.ndarray:
+    """The subject matte combined with the input's own transparency, if it had any."""
+    if input_alpha is None:
+        return alpha
+    return cv2.multiply(alpha, input_alpha, scale=1 / 255)
+
+
+def apply_effect(
+    image: np.ndarray,
+    preview: np.ndarray,
+    alpha_full: np.ndarray,
+    alpha_preview: np.ndarray,
+    params: JobParams,
+    *,
+    input_alpha: np.ndarray | None = None,
+    background: np.ndarray | None = None,
+) -> np.ndarray:
+    """Render ``params.effect``. Returns BGR (most effects), BGRA (cutout) or one channel (mask)."""
+    height, width = image.shape[:2]
+    effect = params.effect
+    if effect is Effect.CUTOUT:
+        return cv2.merge([*cv2.split(image), with_input_alpha(alpha_full, input_alpha)])
+    if effect is Effect.MASK:
+        return with_input_alpha(alpha_full, input_alpha)
+    if effect is Effect.BLUR:
+        back = blurred_background(image, preview, alpha_preview, params.strength, params.bokeh)
+    elif effect is Effect.GRAY:
+        back = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    elif effect is Effect.COLOR:
+        red, green, blue = params.color
+        back = np.empty_like(image)
+        back[:] = (blue, green, red)
+    elif effect is Effect.REPLACE:
+        if background is None:
+            raise ValueError("effect replace needs a background image")
+        back = cover(background, width, height)
+    else:  # pragma: no cover - every Effect is handled above
+        raise ValueError(f"unhandled effect {effect}")
+    return composite(image, back, alpha_full)

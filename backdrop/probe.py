@@ -1,0 +1,86 @@
+"""Checking an image from its header, before any pixel is decoded.
+
+Uses Pillow's lazy ``Image.open`` (reads the header only), so size limits stop decompression bombs
+before a large allocation. Pillow only: the HTTP API can refuse bad uploads without OpenCV or a model.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from backdrop.errors import ImageError
+from backdrop.params import OutputFormat
+
+_FORMATS = {
+    "JPEG": OutputFormat.JPEG,
+    "MPO": OutputFormat.JPEG,
+    "PNG": OutputFormat.PNG,
+    "WEBP": OutputFormat.WEBP,
+}
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says. ``width``/``height`` are as stored; ``size`` is upright (EXIF applied)."""
+
+    format: OutputFormat
+    width: int
+    height: int
+    mode: str
+    orientation: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) after applying the EXIF orientation."""
+        if self.orientation in (5, 6, 7, 8):
+            return self.height, self.width
+        return self.width, self.height
+
+
+def probe_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """Identify the image by its content and check limits; raises :class:`ImageError` with a stable code."""
+    if not data:
+        raise ImageError("the file is empty (0 bytes)", code="empty_image")
+    if len(data) > max_bytes:
+        raise ImageError(f"the file is {len(data)} bytes; the limit is {max_bytes} bytes", code="image_too_large")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise ImageError(f"the image has more pixels than the limit of {max_pixels}", code="image_too_large") from None
+    except UnidentifiedImageError:
+        raise ImageError(
+            "not a supported image (by content); send JPEG, PNG or WebP", code="unsupported_format"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"the image header is damaged: {exc}", code="corrupt_image") from None
+
+    with image:
+        kind = _FORMATS.get(image.format or "")
+        if kind is None:
+            raise ImageError(
+                f"{image.format} images are not supported; send JPEG, PNG or WebP", code="unsupported_format"
+            )
+        width, height = image.size
+        if width <= 0 or height <= 0:
+            raise ImageError(f"the header gives an empty size {width}x{height}", code="corrupt_image")
+        if width * height > max_pixels:
+            raise ImageError(
+                f"the image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}",
+                code="image_too_large",
+            )
+        if getattr(image, "is_animated", False) and image.format != "MPO":
+            raise ImageError("animated images are not supported; send a single frame", code="animated_image")
+        try:
+            orientation = int(image.getexif().get(_EXIF_ORIENTATION, 1))
+        except Exception:  # a broken EXIF block must not sink an otherwise good photo
+            orientation = 1
+        if orientation not in range(1, 9):
+            orientation = 1
+        return ImageInfo(format=kind, width=width, height=height, mode=image.mode, orientation=orientation)
