@@ -24,6 +24,10 @@ _FORMATS = {
 _EXIF_ORIENTATION = 0x0112
 
 
+def _has_supported_signature(data: bytes) -> bool:
+    return data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header says. ``width``/``height`` are as stored; ``size`` is upright (EXIF applied)."""
@@ -55,6 +59,10 @@ def probe_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     except Image.DecompressionBombError:
         raise ImageError(f"the image has more pixels than the limit of {max_pixels}", code="image_too_large") from None
     except UnidentifiedImageError:
+        if _has_supported_signature(data):
+            raise ImageError(
+                "the image is truncated or damaged before its size is known", code="corrupt_image"
+            ) from None
         raise ImageError(
             "not a supported image (by content); send JPEG, PNG or WebP", code="unsupported_format"
         ) from None

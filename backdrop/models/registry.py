@@ -79,6 +79,9 @@ class ModelSpec:
     # A model that knows these classes among others, run to confirm each region this one finds: a
     # person-only model marks any salient foreground (a cup, a cat, a coat on a chair) as "person".
     confirm_with: str | None = None
+    # Letterbox the photo into the input (keep its aspect ratio) instead of stretching it; for models
+    # without variants for other aspect ratios, which miss subjects squashed out of shape.
+    keep_aspect: bool = False
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -174,6 +177,7 @@ MODELS: dict[str, ModelSpec] = {
             labels=PASCAL_VOC_LABELS,
             output="logits",
             background_label="background",
+            keep_aspect=True,
         ),
     )
 }

@@ -21,11 +21,22 @@ class Segmentation:
     class_masks: dict[str, np.ndarray]
 
 
+def input_region(width: int, height: int, spec: ModelSpec, variant: ModelVariant) -> tuple[int, int]:
+    """(width, height) of the photo inside the model input: all of it, or its letterboxed fit."""
+    if not spec.keep_aspect:
+        return variant.input_width, variant.input_height
+    scale = min(variant.input_width / width, variant.input_height / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def model_input(preview: np.ndarray, spec: ModelSpec, variant: ModelVariant) -> np.ndarray:
-    """The 1xHxWx3 float32 tensor the model expects (stretched to its input size, normalised)."""
-    small = resize_to(preview, variant.input_width, variant.input_height)
-    rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB).astype(np.float32)
-    return (rgb * spec.input_scale + spec.input_offset)[None]
+    """The 1xHxWx3 float32 tensor the model expects: resized (letterboxed at the top left when the
+    model keeps aspect; the padding is the normalised zero), then normalised."""
+    region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
+    rgb = cv2.cvtColor(resize_to(preview, region_w, region_h), cv2.COLOR_BGR2RGB).astype(np.float32)
+    tensor = np.zeros((1, variant.input_height, variant.input_width, 3), np.float32)
+    tensor[0, :region_h, :region_w] = rgb * spec.input_scale + spec.input_offset
+    return tensor
 
 
 def read_output(output: np.ndarray, spec: ModelSpec, targets: tuple[str, ...]) -> Segmentation:
@@ -46,4 +57,5 @@ def segment(
     engine: Engine, preview: np.ndarray, spec: ModelSpec, variant: ModelVariant, targets: tuple[str, ...]
 ) -> Segmentation:
     output = engine.run(model_input(preview, spec, variant))[0]
-    return read_output(output, spec, targets)
+    region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
+    return read_output(output[:region_h, :region_w], spec, targets)

@@ -1,0 +1,35 @@
+# Backdrop developer commands. `make install` is also run by `make test` (and `make run`).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Models are cached inside the checkout; the shared mirror (if present) saves a download.
+export BACKDROP_MODEL_DIR ?= $(CURDIR)/var/models
+export BACKDROP_MODEL_MIRRORS ?= $(abspath $(CURDIR)/../shared/models)
+
+.PHONY: install models test lint bench clean
+
+install: $(VENV)/.installed models
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Backdrop needs Python 3.11; set PYTHON=/path/to/python3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	@touch $@
+
+models: $(VENV)/.installed
+	$(BIN)/backdrop models fetch --all
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/pipeline.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,238 @@
+"""The ``backdrop`` command: process photos locally and manage the model files.
+
+Exit codes: 0 all done; 1 some inputs could not be processed (each is named on stderr);
+2 bad command line or parameters; 3 a model file could not be obtained; 4 an input or output file
+could not be read or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backdrop.errors import BackdropError, ModelUnavailable, UnknownModel
+from backdrop.params import BLUR_LEVELS, Bokeh, Effect, JobParams
+from backdrop.settings import Settings
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_IO = 0, 1, 2, 3, 4
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+_SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
+
+
+class UsageError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backdrop", description="Portrait mode for your photos.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    process = commands.add_parser(
+        "process",
+        help="blur, replace or cut out the background of photos",
+        description="Process photos or folders of photos. Settings come from BACKDROP_* environment variables.",
+    )
+    process.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="photo files or folders")
+    process.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output file (one input) or folder; default: beside each input, named NAME_backdrop.EXT",
+    )
+    process.add_argument("--effect", choices=[e.value for e in Effect], default="blur")
+    process.add_argument("--strength", help=f"1-100 or {'|'.join(BLUR_LEVELS)} (blur only; default 50)")
+    process.add_argument("--bokeh", choices=[b.value for b in Bokeh], help="blur kind (default gaussian)")
+    process.add_argument("--targets", default="person", help="classes to keep sharp, comma-separated (default person)")
+    process.add_argument("--model", help="segmentation model (default: chosen from the targets)")
+    process.add_argument("--background", type=Path, help="background image for --effect replace")
+    process.add_argument("--color", help="background colour #RRGGBB for --effect color")
+    process.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"], help="output format (default: input's)")
+    process.add_argument("--quality", help="JPEG/WebP quality 1-100 (default 90)")
+    process.add_argument("--keep-islands", action="store_true", help="keep small subject regions far from the main one")
+    process.add_argument("--json", action="store_true", help="print one JSON report line per input on stdout")
+
+    models = commands.add_parser("models", help="list or fetch the segmentation models")
+    model_commands = models.add_subparsers(dest="models_command", required=True)
+    listing = model_commands.add_parser("list", help="models, their classes and whether their files are cached")
+    listing.add_argument("--json", action="store_true")
+    fetch = model_commands.add_parser("fetch", help="download and verify model files into the cache")
+    fetch.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: all)")
+    fetch.add_argument("--all", action="store_true", help="fetch every model")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+        if args.command == "models":
+            return _models(args, settings)
+        return _process(args, settings)
+    except UsageError as exc:
+        print(f"backdrop: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ModelUnavailable, UnknownModel) as exc:
+        print(f"backdrop: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_MODEL if isinstance(exc, ModelUnavailable) else EXIT_USAGE
+    except BackdropError as exc:
+        print(f"backdrop: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `backdrop process ... --json | head`
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at interpreter exit
+        return EXIT_OK
+
+
+def _models(args: argparse.Namespace, settings: Settings) -> int:
+    from backdrop.models.fetch import cached_path, resolve_model_file
+    from backdrop.models.registry import MODELS, get_model
+
+    if args.models_command == "list":
+        rows = []
+        for spec in MODELS.values():
+            files = [
+                {
+                    "variant": v.name,
+                    "file": v.file.file_name,
+                    "input": f"{v.input_width}x{v.input_height}",
+                    "sha256": v.file.sha256,
+                    "cached": str(cached_path(v.file, settings) or ""),
+                    "sources": [s.describe() for s in v.file.sources],
+                }
+                for v in spec.variants
+            ]
+            rows.append({"name": spec.name, "description": spec.description, "classes": spec.classes, "files": files})
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return EXIT_OK
+        for row in rows:
+            print(f"{row['name']}: {row['description']}")
+            print(f"  classes: {', '.join(row['classes'])}")
+            for f in row["files"]:
+                state = f"cached at {f['cached']}" if f["cached"] else "not cached (run: backdrop models fetch)"
+                print(f"  {f['variant']:<10} {f['input']:>8}  {f['file']}  {state}")
+        return EXIT_OK
+
+    names = list(MODELS) if args.all or not args.names else args.names
+    failures = 0
+    for name in names:
+        for variant in get_model(name).variants:
+            try:
+                path = resolve_model_file(variant.file, settings)
+            except ModelUnavailable as exc:
+                failures += 1
+                print(f"backdrop: {exc.message}", file=sys.stderr)
+                continue
+            print(f"{name}/{variant.name}: {path}")
+    return EXIT_MODEL if failures else EXIT_OK
+
+
+def _collect_inputs(paths: list[Path]) -> list[Path]:
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or folder")
+    if not found:
+        raise UsageError("no photos found in the given folders (looked for .jpg .jpeg .png .webp)")
+    return found
+
+
+def _output_for(source: Path, output: Path | None, single_file: bool, ext: str) -> Path:
+    if output is None:
+        return source.with_name(f"{source.stem}_backdrop.{ext}")
+    if single_file and output.suffix and not output.is_dir():
+        return output
+    return output / f"{source.stem}.{ext}"
+
+
+def _process(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from backdrop.pipeline import Pipeline
+
+    fmt = args.format
+    if fmt is None and args.output is not None and len(args.inputs) == 1 and not args.inputs[0].is_dir():
+        fmt = _SUFFIX_FORMATS.get(args.output.suffix.lower())
+    params = JobParams.parse(
+        {
+            "effect": args.effect,
+            "strength": args.strength,
+            "bokeh": args.bokeh,
+            "targets": args.targets,
+            "model": args.model,
+            "color": args.color,
+            "format": fmt,
+            "quality": args.quality,
+            "keep_islands": "true" if args.keep_islands else None,
+        }
+    )
+    background = None
+    if params.effect is Effect.REPLACE:
+        if args.background is None:
+            raise UsageError("--effect replace needs --background FILE")
+        background = _read(args.background)
+        if background is None:
+            return EXIT_IO
+    inputs = _collect_inputs(args.inputs)
+    single_file = len(args.inputs) == 1 and args.inputs[0].is_file()
+    if not single_file and args.output is not None and args.output.is_file():
+        raise UsageError(f"{args.output}: several inputs need an output folder, and this is a file")
+
+    pipeline = Pipeline(settings)
+    failed = io_failed = 0
+    with tqdm(inputs, unit="photo", disable=len(inputs) < 2 or None, file=sys.stderr) as progress:
+        for source in progress:
+            data = _read(source)
+            if data is None:
+                io_failed += 1
+                continue
+            try:
+                result = pipeline.process(data, params, background)
+            except ModelUnavailable:
+                raise
+            except BackdropError as exc:
+                failed += 1
+                progress.write(f"backdrop: {source}: {exc.code}: {exc.message}", file=sys.stderr)
+                continue
+            target = _output_for(source, args.output, single_file, result.format.extension)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(result.data)
+            except OSError as exc:
+                io_failed += 1
+                progress.write(f"backdrop: {target}: cannot write: {exc.strerror}", file=sys.stderr)
+                continue
+            if args.json:
+                print(json.dumps({"input": str(source), "output": str(target), **result.report()}), flush=True)
+            else:
+                progress.write(f"{source} -> {target}  {_describe_found(result.detected, result.found)}")
+    if io_failed:
+        return EXIT_IO
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _describe_found(detected: dict[str, float], found: bool) -> str:
+    if not found:
+        return f"no {' or '.join(detected)} found: whole image treated as background"
+    return ", ".join(f"{name} {share:.0%}" for name, share in detected.items())
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        print(f"backdrop: {path}: cannot read: {exc.strerror}", file=sys.stderr)
+        return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Shared fixtures. Photos are scikit-image's bundled samples (astronaut: a person, chelsea: a cat,
+coffee: neither); the models are the real ones, resolved through the registry as in production."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as samples
+
+from backdrop.pipeline import Pipeline
+from backdrop.settings import Settings
+
+
+def encode_rgb(rgb: np.ndarray, fmt: str = "JPEG", **save_args: object) -> bytes:
+    """Encode an RGB/RGBA/L array with Pillow (independent of the code under test)."""
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def decode_rgb(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB" if image.mode not in ("RGBA", "L") else image.mode))
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def pipeline(settings: Settings) -> Pipeline:
+    return Pipeline(settings)
+
+
+@pytest.fixture(scope="session")
+def astronaut() -> np.ndarray:
+    return samples.astronaut()
+
+
+@pytest.fixture(scope="session")
+def chelsea() -> np.ndarray:
+    return samples.chelsea()
+
+
+@pytest.fixture(scope="session")
+def coffee() -> np.ndarray:
+    return samples.coffee()
+
+
+@pytest.fixture(scope="session")
+def astronaut_jpeg(astronaut: np.ndarray) -> bytes:
+    return encode_rgb(astronaut, quality=95)
