@@ -109,7 +109,7 @@ class Pipeline:
     def _confirming_mask(self, model_name: str, preview: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
         spec = get_model(model_name)
         variant = spec.variant_for(preview.shape[1], preview.shape[0])
-        confirming = segment(self.engine_for(variant), preview, spec, variant, targets)
+        confirming = segment(self.engine_for(variant), preview, spec, variant, targets, with_probability=False)
         return np.logical_or.reduce(list(confirming.class_masks.values()))
 
     def process(self, data: bytes, params: JobParams, background: bytes | None = None) -> ProcessResult:

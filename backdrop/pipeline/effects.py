@@ -15,6 +15,7 @@ import numpy as np
 
 from backdrop.params import Bokeh, Effect, JobParams
 from backdrop.pipeline.geometry import resize_to
+from backdrop.pipeline.stripes import for_each_stripe
 
 # Blur radius at strength 1 and 100, as a share of the image's longer side.
 MIN_RADIUS_SHARE = 0.004
@@ -22,12 +23,10 @@ MAX_RADIUS_SHARE = 0.06
 # Radius, in pixels of the reduced image, at which each blur is computed; a disc needs more pixels
 # than a Gaussian to keep its crisp bokeh edge.
 WORK_RADIUS = {Bokeh.GAUSSIAN: 8.0, Bokeh.LENS: 12.0}
-# Largest reduced image used for blurring (long side); bounds the cost of weak blurs on huge photos.
-MAX_WORK_SIDE = 2048
 # Lens: highlights above this linear brightness gain up to BLOOM_GAIN times their energy, so they
 # spread into bright discs the way point lights do through a real lens.
-BLOOM_THRESHOLD = 0.6
-BLOOM_GAIN = 8.0
+BLOOM_THRESHOLD = 0.9
+BLOOM_GAIN = 6.0
 _GAMMA = 2.2
 _SRGB_TO_LINEAR = ((np.arange(256, dtype=np.float32) / 255.0) ** _GAMMA).astype(np.float32)
 
@@ -55,19 +54,24 @@ def disc_kernel(radius: float) -> np.ndarray:
 def blurred_background(
     image: np.ndarray, preview: np.ndarray, alpha_preview: np.ndarray, strength: int, bokeh: Bokeh
 ) -> np.ndarray:
-    """The background of ``image`` blurred at ``strength``, with the subject left out (full-res uint8)."""
+    """The background of ``image`` blurred at ``strength``, with the subject left out (full-res uint8).
+
+    ``preview`` is ``image`` shrunk (or ``image`` itself); ``alpha_preview`` the matte at its size."""
     height, width = image.shape[:2]
     radius = blur_radius(strength, width, height)
-    factor = max(1.0, radius / WORK_RADIUS[bokeh], max(width, height) / MAX_WORK_SIDE)
-    work_w, work_h = max(1, round(width / factor)), max(1, round(height / factor))
-    # Shrink from the smallest copy that is still at least as large as the work size.
-    source = preview if preview.shape[1] >= work_w and preview.shape[0] >= work_h else image
-    small = resize_to(source, work_w, work_h)
+    # Never finer than the shared preview: that bounds the cost of weak blurs on huge photos, and the
+    # full-resolution image is never shrunk a second time.
+    factor = max(radius / WORK_RADIUS[bokeh], width / preview.shape[1], height / preview.shape[0])
+    work_w, work_h = (
+        min(preview.shape[1], max(1, round(width / factor))),
+        min(preview.shape[0], max(1, round(height / factor))),
+    )
+    small = resize_to(preview, work_w, work_h)
     weight = background_weight(resize_to(alpha_preview, work_w, work_h))
     work_radius = radius / factor
 
     if bokeh is Bokeh.LENS:
-        light = _SRGB_TO_LINEAR[small]
+        light = cv2.LUT(small, _SRGB_TO_LINEAR)
         brightness = light.max(axis=2)
         ramp = np.clip((brightness - BLOOM_THRESHOLD) / (1.0 - BLOOM_THRESHOLD), 0.0, 1.0)
         light *= (1.0 + (BLOOM_GAIN - 1.0) * ramp * ramp)[..., None]
@@ -91,7 +95,7 @@ def blurred_background(
     blurred = numerator / denominator[..., None]
 
     if bokeh is Bokeh.LENS:
-        blurred = np.power(np.clip(blurred, 0.0, 1.0), 1.0 / _GAMMA) * 255.0
+        blurred = cv2.pow(np.clip(blurred, 0.0, 1.0), 1.0 / _GAMMA) * 255.0
     result = cv2.convertScaleAbs(blurred)  # saturating float → uint8 (values are never negative)
     return resize_to(result, width, height)
 
@@ -107,10 +111,16 @@ def cover(background: np.ndarray, width: int, height: int) -> np.ndarray:
 
 def composite(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """``foreground * a + background * (1 - a)`` in uint8; exact where alpha is 0 or 255."""
-    alpha3 = cv2.merge([alpha, alpha, alpha])
-    front = cv2.multiply(foreground, alpha3, scale=1 / 255)
-    back = cv2.multiply(background, cv2.bitwise_not(alpha3), scale=1 / 255)
-    return cv2.add(front, back)
+    result = np.empty_like(foreground)
+
+    def blend(rows: slice) -> None:
+        alpha3 = cv2.merge([alpha[rows]] * 3)
+        front = cv2.multiply(foreground[rows], alpha3, scale=1 / 255)
+        back = cv2.multiply(background[rows], cv2.bitwise_not(alpha3), scale=1 / 255)
+        cv2.add(front, back, dst=result[rows])
+
+    for_each_stripe(blend, *alpha.shape)
+    return result
 
 
 def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray | None) -> np.ndarray:

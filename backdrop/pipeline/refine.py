@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from backdrop.pipeline.stripes import for_each_stripe
+
 # An island is dropped when smaller than this share of the largest subject region ...
 ISLAND_MIN_AREA = 0.05
 # ... and farther from every large region than this share of the model image's diagonal.
@@ -102,7 +104,12 @@ def refine_alpha(probability: np.ndarray, image: np.ndarray, preview: np.ndarray
     # saturates to uint8 in one pass, far cheaper than numpy float temporaries at 12 MP.
     gain_full = cv2.resize(mean_gain, (width, height), interpolation=cv2.INTER_LINEAR)
     offset_full = cv2.resize(mean_offset * 255.0, (width, height), interpolation=cv2.INTER_LINEAR)
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    scaled = cv2.multiply(gray, gain_full, dtype=cv2.CV_32F)
-    full = cv2.add(scaled, offset_full, dtype=cv2.CV_8U)
+    full = np.empty((height, width), np.uint8)
+
+    def apply(rows: slice) -> None:
+        gray = cv2.cvtColor(image[rows], cv2.COLOR_BGR2GRAY)
+        scaled = cv2.multiply(gray, gain_full[rows], dtype=cv2.CV_32F)
+        cv2.add(scaled, offset_full[rows], dst=full[rows], dtype=cv2.CV_8U)
+
+    for_each_stripe(apply, height, width)
     return Alpha(full=full, preview=alpha_preview)

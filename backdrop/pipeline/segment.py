@@ -39,23 +39,36 @@ def model_input(preview: np.ndarray, spec: ModelSpec, variant: ModelVariant) -> 
     return tensor
 
 
-def read_output(output: np.ndarray, spec: ModelSpec, targets: tuple[str, ...]) -> Segmentation:
-    """Turn one HxWxC model output into a :class:`Segmentation` for ``targets``."""
+def read_output(
+    output: np.ndarray, spec: ModelSpec, targets: tuple[str, ...], *, with_probability: bool = True
+) -> Segmentation:
+    """Turn one HxWxC model output into a :class:`Segmentation` for ``targets``.
+
+    ``with_probability=False`` skips the softmax when only the class masks are wanted."""
     if spec.output == "probability":
         probability = np.clip(output[..., 0], 0.0, 1.0).astype(np.float32)
         return Segmentation(probability, {spec.labels[0]: probability >= 0.5})
-    logits = output.astype(np.float32)
-    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    probabilities = exp / exp.sum(axis=-1, keepdims=True)
+    # Channel-first makes the per-pixel reductions over classes contiguous (several times faster).
+    logits = np.ascontiguousarray(np.moveaxis(output, -1, 0), dtype=np.float32)
     indexes = [spec.labels.index(t) for t in targets]
-    probability = probabilities[..., indexes].sum(axis=-1).astype(np.float32)
-    winner = logits.argmax(axis=-1)
-    return Segmentation(probability, {t: winner == i for t, i in zip(targets, indexes, strict=True)})
+    winner = logits.argmax(axis=0)
+    masks = {t: winner == i for t, i in zip(targets, indexes, strict=True)}
+    if not with_probability:
+        return Segmentation(np.zeros(winner.shape, np.float32), masks)
+    exp = np.exp(logits - logits.max(axis=0))
+    probability = (exp[indexes].sum(axis=0) / exp.sum(axis=0)).astype(np.float32)
+    return Segmentation(probability, masks)
 
 
 def segment(
-    engine: Engine, preview: np.ndarray, spec: ModelSpec, variant: ModelVariant, targets: tuple[str, ...]
+    engine: Engine,
+    preview: np.ndarray,
+    spec: ModelSpec,
+    variant: ModelVariant,
+    targets: tuple[str, ...],
+    *,
+    with_probability: bool = True,
 ) -> Segmentation:
     output = engine.run(model_input(preview, spec, variant))[0]
     region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
-    return read_output(output[:region_h, :region_w], spec, targets)
+    return read_output(output[:region_h, :region_w], spec, targets, with_probability=with_probability)
