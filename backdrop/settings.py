@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,20 @@ def _bool(text: str) -> bool:
     raise ValueError("must be true or false")
 
 
+def _name_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
+
+
+def _routes(text: str) -> tuple[tuple[str, str], ...]:
+    routes = []
+    for part in _name_list(text):
+        model, sep, queue = part.partition("=")
+        if not sep or not model.strip() or not queue.strip():
+            raise ValueError("expected MODEL=QUEUE pairs separated by commas")
+        routes.append((model.strip(), queue.strip()))
+    return tuple(routes)
+
+
 def _path_list(text: str) -> tuple[Path, ...]:
     return tuple(Path(part).expanduser() for part in text.split(os.pathsep) if part.strip())
 
@@ -67,6 +81,30 @@ class Settings:
     max_image_bytes: int = 30 * 1024 * 1024
     max_image_pixels: int = 40_000_000
 
+    # The service (API, queue, workers, storage). Not used by the pipeline library or the CLI.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = "backdrop"
+    queue_routes: tuple[tuple[str, str], ...] = ()
+    job_ttl_s: int = 24 * 3600
+    storage: str = "s3"
+    s3_endpoint_url: str | None = None
+    s3_public_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "backdrop"
+    s3_create_bucket: bool = False
+    result_url_expiry_s: int = 3600
+    storage_retries: int = 5
+    storage_retry_backoff_s: float = 1.0
+    task_soft_time_limit_s: int = 60
+    task_time_limit_s: int = 90
+    visibility_timeout_s: int = 3600
+    max_attempts: int = 3
+    worker_models: tuple[str, ...] = ("selfie", "deeplab")
+    port: int = 8080
+    workers: int = 2
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -81,8 +119,9 @@ class Settings:
                 raise SettingsError(f"{variable}={raw!r}: {exc}") from None
         return cls(**values)
 
-    def describe(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+    def queue_for(self, model: str) -> str:
+        """The queue a job for ``model`` goes to (CPU and GPU workers can consume different queues)."""
+        return dict(self.queue_routes).get(model, self.queue)
 
 
 # field name -> (environment variable, parser). The README's settings table lists the same variables.
@@ -96,4 +135,26 @@ _ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
     "threads": ("BACKDROP_THREADS", _positive_int),
     "max_image_bytes": ("BACKDROP_MAX_IMAGE_BYTES", _positive_int),
     "max_image_pixels": ("BACKDROP_MAX_IMAGE_PIXELS", _positive_int),
+    "redis_url": ("BACKDROP_REDIS_URL", str),
+    "queue": ("BACKDROP_QUEUE", str),
+    "queue_routes": ("BACKDROP_QUEUE_ROUTES", _routes),
+    "job_ttl_s": ("BACKDROP_JOB_TTL_S", _positive_int),
+    "storage": ("BACKDROP_STORAGE", str.lower),
+    "s3_endpoint_url": ("BACKDROP_S3_ENDPOINT_URL", str),
+    "s3_public_url": ("BACKDROP_S3_PUBLIC_URL", str),
+    "s3_region": ("BACKDROP_S3_REGION", str),
+    "s3_access_key": ("BACKDROP_S3_ACCESS_KEY", str),
+    "s3_secret_key": ("BACKDROP_S3_SECRET_KEY", str),
+    "s3_bucket": ("BACKDROP_S3_BUCKET", str),
+    "s3_create_bucket": ("BACKDROP_S3_CREATE_BUCKET", _bool),
+    "result_url_expiry_s": ("BACKDROP_RESULT_URL_EXPIRY_S", _positive_int),
+    "storage_retries": ("BACKDROP_STORAGE_RETRIES", int),
+    "storage_retry_backoff_s": ("BACKDROP_STORAGE_RETRY_BACKOFF_S", _positive_float),
+    "task_soft_time_limit_s": ("BACKDROP_TASK_SOFT_TIME_LIMIT_S", _positive_int),
+    "task_time_limit_s": ("BACKDROP_TASK_TIME_LIMIT_S", _positive_int),
+    "visibility_timeout_s": ("BACKDROP_VISIBILITY_TIMEOUT_S", _positive_int),
+    "max_attempts": ("BACKDROP_MAX_ATTEMPTS", _positive_int),
+    "worker_models": ("BACKDROP_WORKER_MODELS", _name_list),
+    "port": ("PORT", _positive_int),
+    "workers": ("WORKERS", _positive_int),
 }

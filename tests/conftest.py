@@ -54,3 +54,19 @@ def coffee() -> np.ndarray:
 @pytest.fixture(scope="session")
 def astronaut_jpeg(astronaut: np.ndarray) -> bytes:
     return encode_rgb(astronaut, quality=95)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory):
+    """The real thing on free loopback ports: valkey-server, SeaweedFS S3, a Celery worker with two
+    prefork processes, and the API under gunicorn."""
+    import os
+
+    from backdrop.service.localstack import LocalStack, free_port
+
+    env = dict(os.environ)
+    env.update({"BACKDROP_THREADS": "1", "BACKDROP_MAX_IMAGE_BYTES": str(4 * 1024 * 1024)})
+    local = LocalStack(root=tmp_path_factory.mktemp("stack"), api_port=free_port(), workers=2)
+    local.start(env)
+    yield local
+    local.stop()

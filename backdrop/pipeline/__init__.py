@@ -84,6 +84,7 @@ class Pipeline:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
         self._engines: dict[str, Engine] = {}
+        self.engine_loads = 0  # how many interpreters this process created (once per model file)
         self._lock = threading.Lock()
         cv2.setNumThreads(self.settings.threads)
 
@@ -99,6 +100,7 @@ class Pipeline:
                 path = resolve_model_file(variant.file, self.settings)
                 engine = load_engine(self.settings.engine, path, threads=self.settings.threads)
                 self._engines[name] = engine
+                self.engine_loads += 1
             return engine
 
     def preload(self, model_names: Iterable[str]) -> None:

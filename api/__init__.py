@@ -1,0 +1,54 @@
+"""The HTTP API: validates requests, stores uploads, writes job records and queues jobs.
+
+It never imports the ML stack (no OpenCV, no LiteRT): it starts fast and stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask
+
+from backdrop.service.jobs import JobStore
+from backdrop.service.queue import make_celery
+from backdrop.service.storage import Storage, open_storage
+from backdrop.settings import Settings
+
+# Multipart overhead allowed on top of the two images (photo + background).
+_FORM_OVERHEAD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the API talks to; tests may pass their own."""
+
+    settings: Settings
+    jobs: JobStore
+    storage: Storage
+    celery: Celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        return cls(
+            settings=settings,
+            jobs=JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s),
+            storage=open_storage(settings),
+            celery=make_celery(settings),
+        )
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    from api.errors import register_error_handlers
+    from api.routes import blueprint
+
+    settings = settings or (services.settings if services else Settings.from_env())
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = 2 * settings.max_image_bytes + _FORM_OVERHEAD_BYTES
+    # Werkzeug applies this to its parse buffer too, which can hold two 64 KiB reads: keep it well above.
+    app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    app.json.sort_keys = False
+    app.extensions["backdrop"] = services or Services.from_settings(settings)
+    app.register_blueprint(blueprint)
+    register_error_handlers(app)
+    return app

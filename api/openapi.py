@@ -1,0 +1,190 @@
+"""The v1 contract as an OpenAPI 3.0 document, served at ``GET /openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from backdrop.models.registry import MODELS
+from backdrop.params import BLUR_LEVELS, Bokeh, Effect, OutputFormat
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        }
+    },
+}
+_LINKS = {
+    "type": "object",
+    "required": ["self", "result"],
+    "properties": {"self": {"type": "string"}, "result": {"type": "string"}},
+}
+_NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+_JOB = {
+    "type": "object",
+    "required": ["id", "status", "created_at", "started_at", "finished_at", "params", "detected", "timings_ms",
+                 "result", "error"],
+    "properties": {
+        "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "started_at": _NULLABLE_TIME,
+        "finished_at": _NULLABLE_TIME,
+        "params": {"type": "object"},
+        "model": {"type": "string", "nullable": True},
+        "detected": {"type": "object", "nullable": True, "additionalProperties": {"type": "number"}},
+        "found": {"type": "boolean", "nullable": True},
+        "timings_ms": {"type": "object", "additionalProperties": {"type": "number"}},
+        "result": {
+            "type": "object",
+            "nullable": True,
+            "required": ["url", "content_type", "width", "height", "bytes", "expires_at"],
+            "properties": {
+                "url": {"type": "string"},
+                "content_type": {"type": "string"},
+                "width": {"type": "integer"},
+                "height": {"type": "integer"},
+                "bytes": {"type": "integer"},
+                "expires_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "error": {
+            "type": "object",
+            "nullable": True,
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "links": _LINKS,
+    },
+}  # fmt: skip
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _job_id_parameter() -> dict[str, Any]:
+    return {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def openapi_document() -> dict[str, Any]:
+    classes = sorted({c for spec in MODELS.values() for c in spec.classes})
+    job_response = {
+        "description": "the job",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
+    }
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "Backdrop",
+            "version": "1",
+            "description": "Portrait mode as a service: submit a photo, poll the job, fetch the result.",
+        },
+        "paths": {
+            "/v1/jobs": {
+                "post": {
+                    "summary": "Submit a photo",
+                    "operationId": "submitJob",
+                    "parameters": [
+                        {"name": "Idempotency-Key", "in": "header", "required": False,
+                         "schema": {"type": "string", "maxLength": 255}},
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "multipart/form-data": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["image"],
+                                    "properties": {
+                                        "image": {"type": "string", "format": "binary"},
+                                        "background": {"type": "string", "format": "binary",
+                                                       "description": "for effect=replace"},
+                                        "effect": {"type": "string", "enum": [e.value for e in Effect]},
+                                        "strength": {"type": "string",
+                                                     "description": f"1-100 or {'|'.join(BLUR_LEVELS)}"},
+                                        "bokeh": {"type": "string", "enum": [b.value for b in Bokeh]},
+                                        "targets": {"type": "string",
+                                                    "description": "comma list of: " + ", ".join(classes)},
+                                        "model": {"type": "string", "enum": list(MODELS)},
+                                        "color": {"type": "string", "pattern": "^#?[0-9a-fA-F]{6}$"},
+                                        "format": {"type": "string", "enum": [f.value for f in OutputFormat]},
+                                        "quality": {"type": "string", "description": "1-100"},
+                                        "keep_islands": {"type": "string", "enum": ["true", "false"]},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "202": {
+                            "description": "accepted",
+                            "headers": {"Location": {"schema": {"type": "string"}}},
+                            "content": {"application/json": {"schema": {
+                                "type": "object",
+                                "required": ["id", "status", "links"],
+                                "properties": {"id": {"type": "string"}, "status": {"type": "string"}, "links": _LINKS},
+                            }}},
+                        },
+                        "400": _error("malformed request or parameter"),
+                        "413": _error("too large"),
+                        "415": _error("not a supported image (by content)"),
+                        "422": _error("semantically invalid (target, model, colour, idempotency key reuse)"),
+                        "503": _error("broker or storage unavailable"),
+                    },
+                }
+            },
+            "/v1/jobs/{job_id}": {
+                "get": {
+                    "summary": "A job's status and result",
+                    "operationId": "getJob",
+                    "parameters": [_job_id_parameter()],
+                    "responses": {"200": job_response, "404": _error("unknown job"), "503": _error("unavailable")},
+                },
+                "delete": {
+                    "summary": "Cancel a queued job",
+                    "operationId": "cancelJob",
+                    "parameters": [_job_id_parameter()],
+                    "responses": {
+                        "200": job_response,
+                        "404": _error("unknown job"),
+                        "409": _error("already running or finished"),
+                        "503": _error("unavailable"),
+                    },
+                },
+            },
+            "/v1/jobs/{job_id}/result": {
+                "get": {
+                    "summary": "Redirect to the result",
+                    "operationId": "getResult",
+                    "parameters": [_job_id_parameter()],
+                    "responses": {
+                        "303": {"description": "see the presigned result URL",
+                                "headers": {"Location": {"schema": {"type": "string"}}}},
+                        "404": _error("unknown job, or finished without a result"),
+                        "409": _error("not finished yet"),
+                        "503": _error("unavailable"),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "Models and the classes they segment",
+                    "operationId": "listModels",
+                    "responses": {"200": {"description": "models",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}},
+                }
+            },
+            "/healthz": {"get": {"summary": "Process alive", "operationId": "healthz",
+                                 "responses": {"200": {"description": "alive"}}}},
+            "/readyz": {"get": {"summary": "Broker and storage reachable", "operationId": "readyz",
+                                "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
+        },
+        "components": {"schemas": {"Error": _ERROR, "Job": _JOB}},
+    }  # fmt: skip

@@ -1,0 +1,253 @@
+"""HTTP contract v1 (see ``api/openapi.py`` and the README)."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, request
+
+from api import Services
+from api.errors import ApiError
+from api.openapi import openapi_document
+from backdrop.errors import ParameterError
+from backdrop.models.registry import DEFAULT_GENERAL_MODEL, DEFAULT_PERSON_MODEL, MODELS
+from backdrop.params import Effect, JobParams
+from backdrop.probe import probe_image
+from backdrop.service.jobs import JobRecord, JobStatus
+from backdrop.service.queue import enqueue
+
+blueprint = Blueprint("v1", __name__)
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
+RETRY_AFTER_S = "1"
+
+
+def services() -> Services:
+    return current_app.extensions["backdrop"]
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _links(job_id: str) -> dict[str, str]:
+    return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
+
+
+def _load_job(job_id: str) -> JobRecord:
+    record = services().jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
+    if record is None:
+        raise ApiError(f"no job {job_id}", code="not_found")
+    return record
+
+
+def present(record: JobRecord) -> dict[str, Any]:
+    """The public view of a job record."""
+    settings = services().settings
+    result = None
+    if record.status is JobStatus.SUCCEEDED and record.result is not None:
+        expiry = settings.result_url_expiry_s
+        result = {
+            "url": services().storage.presign_get(record.result.key, expiry),
+            "content_type": record.result.content_type,
+            "width": record.result.width,
+            "height": record.result.height,
+            "bytes": record.result.bytes,
+            "expires_at": _iso(time.time() + expiry),
+        }
+    return {
+        "id": record.id,
+        "status": record.status.value,
+        "created_at": _iso(record.created_at),
+        "started_at": _iso(record.started_at),
+        "finished_at": _iso(record.finished_at),
+        "params": record.params.as_dict(),
+        "model": record.model,
+        "detected": record.detected,
+        "found": record.found,
+        "timings_ms": record.timings_ms,
+        "result": result,
+        "error": record.error,
+        "links": _links(record.id),
+    }
+
+
+def _job_response(record: JobRecord, status: int = 200) -> Response:
+    response = jsonify(present(record))
+    response.status_code = status
+    if not record.status.finished:
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+def _read_upload(field: str, *, required: bool) -> bytes | None:
+    upload = request.files.get(field)
+    if upload is None:
+        if field in request.form:
+            raise ParameterError(field, "must be sent as a file (multipart/form-data)")
+        if required:
+            raise ParameterError(field, "required: send the photo as a multipart/form-data file field")
+        return None
+    return upload.read()
+
+
+def _fingerprint(params: JobParams, image: bytes, background: bytes | None) -> str:
+    digest = hashlib.sha256(json.dumps(params.as_dict(), sort_keys=True).encode())
+    digest.update(hashlib.sha256(image).digest())
+    digest.update(hashlib.sha256(background or b"").digest())
+    return digest.hexdigest()
+
+
+@blueprint.post("/v1/jobs")
+def submit_job() -> Response:
+    svc = services()
+    settings = svc.settings
+    if not (request.mimetype or "").startswith("multipart/form-data"):
+        raise ParameterError("body", "send multipart/form-data with an image file field")
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+        raise ParameterError("Idempotency-Key", "must be 1-255 visible ASCII characters")
+
+    # Everything that can be checked is checked before anything is stored or queued.
+    image = _read_upload("image", required=True)
+    background = _read_upload("background", required=False)
+    params = JobParams.parse({key: request.form.get(key) for key in request.form})
+    probe_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    if params.effect is Effect.REPLACE:
+        if background is None:
+            raise ParameterError("background", "effect replace needs a background image file")
+        probe_image(background, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    elif background is not None:
+        raise ParameterError("background", "only used with effect=replace")
+
+    job_id = uuid.uuid4().hex
+    if idempotency_key is not None:
+        earlier = svc.jobs.claim_idempotency_key(idempotency_key, _fingerprint(params, image, background), job_id)
+        if earlier is not None:
+            record = svc.jobs.get(earlier)
+            if record is not None:
+                return _accepted(record)
+            # The earlier request with this key failed before its job was recorded: this one takes over.
+            job_id = earlier
+
+    record = JobRecord(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        params=params,
+        created_at=time.time(),
+        input_key=f"inputs/{job_id}",
+        background_key=f"inputs/{job_id}-background" if background is not None else None,
+    )
+    try:
+        svc.storage.put(record.input_key, image, "application/octet-stream")
+        if background is not None and record.background_key:
+            svc.storage.put(record.background_key, background, "application/octet-stream")
+        svc.jobs.create(record)
+        try:
+            enqueue(svc.celery, job_id, settings.queue_for(params.model))
+        except Exception as exc:  # kombu raises several types for a dead broker
+            svc.jobs.delete(job_id)
+            raise ApiError(f"queue unreachable: {exc}", code="broker_unavailable") from None
+    except Exception:
+        if idempotency_key is not None:
+            with contextlib.suppress(Exception):  # else the key expires with the job TTL
+                svc.jobs.release_idempotency_key(idempotency_key)
+        raise
+    return _accepted(record)
+
+
+def _accepted(record: JobRecord) -> Response:
+    response = jsonify({"id": record.id, "status": record.status.value, "links": _links(record.id)})
+    response.status_code = 202
+    response.headers["Location"] = f"/v1/jobs/{record.id}"
+    return response
+
+
+@blueprint.get("/v1/jobs/<job_id>")
+def get_job(job_id: str) -> Response:
+    return _job_response(_load_job(job_id))
+
+
+@blueprint.get("/v1/jobs/<job_id>/result")
+def get_result(job_id: str) -> Response:
+    record = _load_job(job_id)
+    if record.status is JobStatus.SUCCEEDED and record.result is not None:
+        url = services().storage.presign_get(record.result.key, services().settings.result_url_expiry_s)
+        return redirect(url, code=303)
+    if record.status.finished:
+        raise ApiError(f"job {job_id} is {record.status.value}: it has no result", code="not_found")
+    response = jsonify(
+        {"error": {"code": "job_not_finished", "message": f"job {job_id} is {record.status.value}; try again soon"}}
+    )
+    response.status_code = 409
+    response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
+@blueprint.delete("/v1/jobs/<job_id>")
+def cancel_job(job_id: str) -> Response:
+    record = _load_job(job_id)
+    outcome = services().jobs.cancel(record.id)
+    if outcome == "missing":
+        raise ApiError(f"no job {job_id}", code="not_found")
+    if outcome != "cancelled":
+        raise ApiError(
+            f"job {job_id} is {outcome.strip(chr(34))}: only queued jobs can be cancelled", code="job_not_cancellable"
+        )
+    return _job_response(_load_job(job_id))
+
+
+@blueprint.get("/v1/models")
+def list_models() -> Response:
+    models = [
+        {
+            "name": spec.name,
+            "description": spec.description,
+            "classes": list(spec.classes),
+            "variants": [{"name": v.name, "input": [v.input_width, v.input_height]} for v in spec.variants],
+        }
+        for spec in MODELS.values()
+    ]
+    return jsonify(
+        {
+            "models": models,
+            "defaults": {"person": DEFAULT_PERSON_MODEL, "other": DEFAULT_GENERAL_MODEL},
+            "effects": [e.value for e in Effect],
+        }
+    )
+
+
+@blueprint.get("/healthz")
+def healthz() -> Response:
+    return jsonify({"status": "ok"})
+
+
+@blueprint.get("/readyz")
+def readyz() -> Response:
+    svc = services()
+    checks: dict[str, str] = {}
+    for name, check in (("broker", svc.jobs.ping), ("storage", svc.storage.ping)):
+        try:
+            check()
+            checks[name] = "ok"
+        except Exception as exc:
+            checks[name] = f"unavailable: {getattr(exc, 'message', exc)}"
+    ready = all(value == "ok" for value in checks.values())
+    response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
+    response.status_code = 200 if ready else 503
+    return response
+
+
+@blueprint.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document())

@@ -1,0 +1,262 @@
+"""Job records: the source of truth for a job's state, a Redis hash per job with a TTL.
+
+The API writes the record when a job is accepted; the worker moves it through its states. Transitions
+are Lua scripts, so a cancel and a worker's start cannot both win, and a redelivered message never
+processes a finished job again. (Celery's own task state cannot tell an unknown id from a queued one.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any, TypeVar
+
+import redis
+
+from backdrop.errors import BackdropError
+from backdrop.params import JobParams
+
+KEY_PREFIX = "backdrop:job:"
+IDEMPOTENCY_PREFIX = "backdrop:idempotency:"
+T = TypeVar("T")
+
+
+class BrokerUnavailable(BackdropError):
+    """Redis (job records and queue) cannot be reached (``broker_unavailable``)."""
+
+    code = "broker_unavailable"
+
+
+class IdempotencyConflict(BackdropError):
+    code = "idempotency_key_reused"
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class ResultObject:
+    key: str
+    content_type: str
+    width: int
+    height: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    status: JobStatus
+    params: JobParams
+    created_at: float
+    input_key: str
+    background_key: str | None = None
+    owner: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    model: str | None = None
+    detected: dict[str, float] | None = None
+    found: bool | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    result: ResultObject | None = None
+    error: dict[str, str] | None = None
+    worker: str | None = None
+    engine_loads: int | None = None
+    attempts: int = 0
+
+    def to_hash(self) -> dict[str, str]:
+        values: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status.value,
+            "params": self.params.as_dict(),
+            "created_at": self.created_at,
+            "input_key": self.input_key,
+            "background_key": self.background_key,
+            "owner": self.owner,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "model": self.model,
+            "detected": self.detected,
+            "found": self.found,
+            "timings_ms": self.timings_ms,
+            "result": self.result.__dict__ if self.result else None,
+            "error": self.error,
+            "worker": self.worker,
+            "engine_loads": self.engine_loads,
+            "attempts": self.attempts,
+        }
+        return {k: json.dumps(v) for k, v in values.items() if v is not None}
+
+    @classmethod
+    def from_hash(cls, raw: dict[str, str]) -> JobRecord:
+        values = {k: json.loads(v) for k, v in raw.items()}
+        result = values.get("result")
+        return cls(
+            id=values["id"],
+            status=JobStatus(values["status"]),
+            params=JobParams.from_dict(values["params"]),
+            created_at=values["created_at"],
+            input_key=values["input_key"],
+            background_key=values.get("background_key"),
+            owner=values.get("owner"),
+            started_at=values.get("started_at"),
+            finished_at=values.get("finished_at"),
+            model=values.get("model"),
+            detected=values.get("detected"),
+            found=values.get("found"),
+            timings_ms=values.get("timings_ms") or {},
+            result=ResultObject(**result) if result else None,
+            error=values.get("error"),
+            worker=values.get("worker"),
+            engine_loads=values.get("engine_loads"),
+            attempts=int(values.get("attempts") or 0),
+        )
+
+
+# KEYS[1] job; ARGV: now. Cancels only a queued job; returns the status it found.
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+if status == '"queued"' then
+  redis.call('HSET', KEYS[1], 'status', '"cancelled"', 'finished_at', ARGV[1])
+  return 'cancelled'
+end
+return status
+"""
+
+# KEYS[1] job; ARGV: now, worker, max attempts. A redelivered message finds the job "running" and runs
+# it again (its first worker died); a finished or cancelled job is never run again.
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {'missing', 0} end
+if status ~= '"queued"' and status ~= '"running"' then return {status, 0} end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > tonumber(ARGV[3]) then return {'exhausted', attempts} end
+redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[2])
+if status == '"queued"' then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+return {'run', attempts}
+"""
+
+# KEYS[1] job; ARGV: field, value, ... Records a terminal state once, only over "running".
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= '"running"' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    """``run``: process it (``attempt`` counts deliveries); ``exhausted``: too many deliveries;
+    otherwise the status that makes the message stale (``missing``, ``succeeded``, ``cancelled`` ...)."""
+
+    action: str
+    attempt: int
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+        self._redis = client
+        self._ttl_s = ttl_s
+        self._cancel = client.register_script(_CANCEL)
+        self._start = client.register_script(_START)
+        self._finish = client.register_script(_FINISH)
+
+    @classmethod
+    def connect(cls, url: str, *, ttl_s: int) -> JobStore:
+        client = redis.Redis.from_url(
+            url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=15, decode_responses=True
+        )
+        return cls(client, ttl_s=ttl_s)
+
+    @property
+    def redis(self) -> redis.Redis:
+        return self._redis
+
+    def _guard(self, operation: Callable[[], T]) -> T:
+        try:
+            return operation()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            raise BrokerUnavailable(f"job store unreachable: {exc}") from None
+        except redis.ResponseError as exc:
+            # e.g. MISCONF / LOADING / OOM: the server is up but cannot take writes now.
+            raise BrokerUnavailable(f"job store refused the request: {exc}") from None
+
+    def ping(self) -> None:
+        self._guard(self._redis.ping)
+
+    def create(self, record: JobRecord) -> None:
+        key = KEY_PREFIX + record.id
+
+        def write() -> None:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(key, mapping=record.to_hash())
+                pipe.expire(key, self._ttl_s)
+                pipe.execute()
+
+        self._guard(write)
+
+    def delete(self, job_id: str) -> None:
+        self._guard(lambda: self._redis.delete(KEY_PREFIX + job_id))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self._guard(lambda: self._redis.hgetall(KEY_PREFIX + job_id))
+        return JobRecord.from_hash(raw) if raw else None
+
+    def cancel(self, job_id: str) -> str:
+        """``cancelled``, ``missing``, or the (quoted) status that prevented it."""
+        return str(self._guard(lambda: self._cancel(keys=[KEY_PREFIX + job_id], args=[json.dumps(time.time())])))
+
+    def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
+        action, attempt = self._guard(
+            lambda: self._start(
+                keys=[KEY_PREFIX + job_id], args=[json.dumps(time.time()), json.dumps(worker), max_attempts]
+            )
+        )
+        return StartDecision(action=str(action).strip('"'), attempt=int(attempt))
+
+    def finish(self, record: JobRecord) -> bool:
+        """Record ``record``'s terminal state if the job is still running; False if it was not."""
+        fields = record.to_hash()
+        fields.pop("attempts", None)  # counted by start(); never rewound
+        args: list[str] = [item for pair in fields.items() for item in pair]
+        return bool(self._guard(lambda: self._finish(keys=[KEY_PREFIX + record.id], args=args)))
+
+    def succeed(self, record: JobRecord, **changes: Any) -> bool:
+        return self.finish(replace(record, status=JobStatus.SUCCEEDED, finished_at=time.time(), error=None, **changes))
+
+    def fail(self, record: JobRecord, code: str, message: str) -> bool:
+        error = {"code": code, "message": message}
+        return self.finish(replace(record, status=JobStatus.FAILED, finished_at=time.time(), error=error))
+
+    def claim_idempotency_key(self, key: str, fingerprint: str, job_id: str) -> str | None:
+        """Bind ``key`` to this request; returns the earlier job id when the same request came before,
+        raises :class:`IdempotencyConflict` when the key was used for a different request."""
+        name = IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+        value = json.dumps({"job": job_id, "fingerprint": fingerprint})
+        if self._guard(lambda: self._redis.set(name, value, nx=True, ex=self._ttl_s)):
+            return None
+        existing = self._guard(lambda: self._redis.get(name))
+        if existing is None:  # expired between the two calls: claim it again
+            return self.claim_idempotency_key(key, fingerprint, job_id)
+        earlier = json.loads(existing)
+        if earlier["fingerprint"] != fingerprint:
+            raise IdempotencyConflict("this Idempotency-Key was already used for a different request")
+        return str(earlier["job"])
+
+    def release_idempotency_key(self, key: str) -> None:
+        self._guard(lambda: self._redis.delete(IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()))

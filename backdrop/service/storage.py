@@ -1,0 +1,125 @@
+"""Object storage behind a small protocol, with one registry; S3 (AWS, MinIO, SeaweedFS, ...) via boto3."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from backdrop.errors import BackdropError
+from backdrop.settings import Settings
+
+
+class StorageUnavailable(BackdropError):
+    """The object store cannot be reached or refuses us (``storage_unavailable``); worth a retry."""
+
+    code = "storage_unavailable"
+
+
+class ObjectNotFound(BackdropError):
+    code = "object_not_found"
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    def get(self, key: str) -> bytes: ...
+
+    def delete(self, *keys: str) -> None: ...
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        """A URL anyone holding it can GET for ``expires_s`` seconds (objects are private otherwise)."""
+        ...
+
+    def ping(self) -> None:
+        """Raise :class:`StorageUnavailable` unless the store answers and the bucket exists."""
+        ...
+
+
+class S3Storage:
+    """Private objects in one bucket; clients only ever see presigned URLs."""
+
+    def __init__(self, settings: Settings) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = settings.s3_bucket
+        config = Config(
+            signature_version="s3v4",
+            connect_timeout=2,
+            read_timeout=20,
+            retries={"max_attempts": 2, "mode": "standard"},
+            s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        )
+        credentials = {
+            "aws_access_key_id": settings.s3_access_key,
+            "aws_secret_access_key": settings.s3_secret_key,
+            "region_name": settings.s3_region,
+        }
+        session = boto3.session.Session()
+        self._client = session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config, **credentials)
+        # Presigned URLs must name the address clients use, which may differ from the internal one.
+        public = settings.s3_public_url or settings.s3_endpoint_url
+        self._signer = session.client("s3", endpoint_url=public, config=config, **credentials)
+        self._create_bucket = settings.s3_create_bucket
+        self._bucket_checked = False
+
+    def _call(self, operation: Callable[[], object]) -> object:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return operation()
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = str(error.get("Code", ""))
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise ObjectNotFound(f"no object {error.get('Key', '')}".strip()) from None
+            raise StorageUnavailable(f"object store refused the request: {code} {error.get('Message', '')}") from None
+        except BotoCoreError as exc:
+            raise StorageUnavailable(f"object store unreachable: {exc}") from None
+
+    def ensure_bucket(self) -> None:
+        """Check the bucket exists; create it when allowed (development stacks)."""
+        try:
+            self._call(lambda: self._client.head_bucket(Bucket=self.bucket))
+        except ObjectNotFound:
+            if not self._create_bucket:
+                raise StorageUnavailable(f"bucket {self.bucket!r} does not exist") from None
+            self._call(lambda: self._client.create_bucket(Bucket=self.bucket))
+        self._bucket_checked = True
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        if not self._bucket_checked:
+            self.ensure_bucket()
+        self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type))
+
+    def get(self, key: str) -> bytes:
+        response = self._call(lambda: self._client.get_object(Bucket=self.bucket, Key=key))
+        return self._call(lambda: response["Body"].read())  # type: ignore[index]
+
+    def delete(self, *keys: str) -> None:
+        if keys:
+            objects = [{"Key": key} for key in keys]
+            self._call(lambda: self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects}))
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        return str(
+            self._signer.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
+            )
+        )
+
+    def ping(self) -> None:
+        self.ensure_bucket()
+
+
+STORAGES: dict[str, Callable[[Settings], Storage]] = {"s3": S3Storage}
+
+
+def open_storage(settings: Settings) -> Storage:
+    try:
+        factory = STORAGES[settings.storage]
+    except KeyError:
+        raise BackdropError(
+            f"unknown storage {settings.storage!r}; known: {', '.join(STORAGES)}", code="invalid_setting"
+        ) from None
+    return factory(settings)

@@ -1,0 +1,140 @@
+"""One job, start to finish: fetch the upload, run the pipeline, store the result, record the outcome.
+
+Plain code with its collaborators passed in, so it runs without Celery; the task in ``worker.app`` only
+calls :meth:`JobRunner.run`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from backdrop.errors import BackdropError
+from backdrop.pipeline import Pipeline
+from backdrop.service.jobs import JobRecord, JobStore, ResultObject
+from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
+from backdrop.settings import Settings
+
+log = logging.getLogger("backdrop.worker")
+T = TypeVar("T")
+
+
+def result_key(record: JobRecord, extension: str) -> str:
+    # Fixed per job: a redelivered job overwrites the same object instead of leaving a second one.
+    return f"results/{record.id}.{extension}"
+
+
+class JobRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        storage: Storage,
+        jobs: JobStore,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.storage = storage
+        self.jobs = jobs
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self._sleep = sleep
+
+    def _with_retries(self, operation: Callable[[], T]) -> T:
+        """Retry transient storage failures with exponential backoff, then give up."""
+        delay = self.settings.storage_retry_backoff_s
+        for attempt in range(self.settings.storage_retries + 1):
+            try:
+                return operation()
+            except StorageUnavailable as exc:
+                if attempt == self.settings.storage_retries:
+                    raise
+                log.warning("storage unavailable (%s); retry %d in %.1f s", exc.message, attempt + 1, delay)
+                self._sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def run(self, job_id: str) -> str:
+        """Process ``job_id`` if it still needs processing; returns what happened (for logs and tests)."""
+        decision = self.jobs.start(job_id, self.worker_id, self.settings.max_attempts)
+        if decision.action == "exhausted":
+            record = self.jobs.get(job_id)
+            if record is not None:
+                self.jobs.fail(
+                    record,
+                    "worker_lost",
+                    f"the job was delivered {decision.attempt - 1} times and never finished "
+                    "(its worker died or was killed each time)",
+                )
+            return "exhausted"
+        if decision.action != "run":
+            log.info("job %s skipped: %s", job_id, decision.action)
+            return "skipped"
+        record = self.jobs.get(job_id)
+        if record is None:  # expired between start and get
+            return "skipped"
+        try:
+            return self._process(record)
+        except SoftTimeLimitExceeded:
+            self.jobs.fail(record, "timeout", f"the job ran longer than {self.settings.task_soft_time_limit_s} s")
+            return "failed"
+        except ObjectNotFound:
+            self.jobs.fail(record, "input_missing", "the uploaded image is no longer in storage")
+            return "failed"
+        except BackdropError as exc:
+            self.jobs.fail(record, exc.code, exc.message)
+            return "failed"
+        except Exception as exc:
+            log.exception("job %s failed unexpectedly", job_id)
+            self.jobs.fail(record, "internal_error", f"processing failed unexpectedly ({type(exc).__name__})")
+            return "failed"
+
+    def _process(self, record: JobRecord) -> str:
+        started = time.perf_counter()
+        image = self._with_retries(lambda: self.storage.get(record.input_key))
+        background = None
+        if record.background_key:
+            background = self._with_retries(lambda: self.storage.get(record.background_key or ""))
+        fetched = time.perf_counter()
+
+        result = self.pipeline.process(image, record.params, background)
+
+        stored_at = time.perf_counter()
+        key = result_key(record, result.format.extension)
+        self._with_retries(lambda: self.storage.put(key, result.data, result.content_type))
+        timings = {
+            "download": round((fetched - started) * 1e3, 2),
+            **result.timings_ms,
+            "upload": round((time.perf_counter() - stored_at) * 1e3, 2),
+        }
+        recorded = self.jobs.succeed(
+            record,
+            model=result.model,
+            detected=result.detected,
+            found=result.found,
+            timings_ms=timings,
+            result=ResultObject(
+                key=key,
+                content_type=result.content_type,
+                width=result.width,
+                height=result.height,
+                bytes=len(result.data),
+            ),
+            worker=self.worker_id,
+            engine_loads=self.pipeline.engine_loads,
+        )
+        if not recorded:
+            return "skipped"
+        inputs = [k for k in (record.input_key, record.background_key) if k]
+        try:
+            self.storage.delete(*inputs)
+        except StorageUnavailable:
+            log.warning("job %s: inputs could not be deleted and stay in storage", record.id)
+        return "succeeded"
