@@ -1,4 +1,4 @@
-# Backdrop developer commands. `make install` is also run by `make test` (and `make run`).
+# Backdrop developer commands. `make run` and `make test` run `make install` first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export BACKDROP_MODEL_DIR ?= $(CURDIR)/var/models
 export BACKDROP_MODEL_MIRRORS ?= $(abspath $(CURDIR)/../shared/models)
 
-.PHONY: install models test lint bench clean
+.PHONY: install models run test lint bench clean
 
 install: $(VENV)/.installed models
 
@@ -20,6 +20,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 models: $(VENV)/.installed
 	$(BIN)/backdrop models fetch --all
+
+# The whole service on this machine: Redis and S3 servers from PyPI, workers, the API (PORT, WORKERS).
+run: install
+	$(BIN)/python -m backdrop.service.localstack
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -109,7 +109,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {"model_dir": _default_model_dir(env)}
-        for name, (variable, parse) in _ENV.items():
+        for name, (variable, parse) in ENV_VARIABLES.items():
             raw = env.get(variable)
             if raw is None or raw.strip() == "":
                 continue
@@ -119,13 +119,22 @@ class Settings:
                 raise SettingsError(f"{variable}={raw!r}: {exc}") from None
         return cls(**values)
 
+    def __post_init__(self) -> None:
+        if self.task_soft_time_limit_s >= self.task_time_limit_s:
+            raise SettingsError("BACKDROP_TASK_SOFT_TIME_LIMIT_S must be below BACKDROP_TASK_TIME_LIMIT_S")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            # Otherwise Redis hands a running job to a second worker while the first still works on it.
+            raise SettingsError("BACKDROP_VISIBILITY_TIMEOUT_S must exceed BACKDROP_TASK_TIME_LIMIT_S")
+        if self.storage_retries < 0:
+            raise SettingsError("BACKDROP_STORAGE_RETRIES must not be negative")
+
     def queue_for(self, model: str) -> str:
         """The queue a job for ``model`` goes to (CPU and GPU workers can consume different queues)."""
         return dict(self.queue_routes).get(model, self.queue)
 
 
 # field name -> (environment variable, parser). The README's settings table lists the same variables.
-_ENV: dict[str, tuple[str, Callable[[str], Any]]] = {
+ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model_dir": ("BACKDROP_MODEL_DIR", lambda text: Path(text).expanduser()),
     "model_mirrors": ("BACKDROP_MODEL_MIRRORS", _path_list),
     "model_download_timeout_s": ("BACKDROP_MODEL_DOWNLOAD_TIMEOUT_S", _positive_float),
