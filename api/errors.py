@@ -23,6 +23,8 @@ STATUS_BY_CODE = {
     "unsupported_target": 422,
     "unknown_model": 422,
     "idempotency_key_reused": 422,
+    "unauthorized": 401,
+    "queue_full": 429,
     "not_found": 404,
     "job_not_finished": 409,
     "job_not_cancellable": 409,
@@ -48,8 +50,10 @@ class ApiError(BackdropError):
 def error_response(code: str, message: str, status: int | None = None):
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status or STATUS_BY_CODE.get(code, 400)
-    if response.status_code == 503:
+    if response.status_code in (429, 503):
         response.headers["Retry-After"] = "5"
+    if response.status_code == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="backdrop"'
     return response
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import re
 import time
@@ -11,7 +12,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, request
+from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 
 from api import Services
 from api.errors import ApiError
@@ -44,9 +45,29 @@ def _links(job_id: str) -> dict[str, str]:
     return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
 
 
+@blueprint.before_request
+def authenticate() -> None:
+    """With API keys configured, every /v1 call needs ``Authorization: Bearer KEY``; the key's id owns
+    the jobs it creates."""
+    g.owner = None
+    keys = services().settings.api_keys
+    if not keys or not request.path.startswith("/v1/"):
+        return
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given_bytes = given.strip().encode()
+    matched = None
+    for key in keys:  # compare with every key, in constant time each, whatever matches
+        if hmac.compare_digest(given_bytes, key.encode()) and scheme.lower() == "bearer":
+            matched = key
+    if matched is None:
+        raise ApiError("send a valid API key as: Authorization: Bearer KEY", code="unauthorized")
+    g.owner = hashlib.sha256(matched.encode()).hexdigest()[:16]
+
+
 def _load_job(job_id: str) -> JobRecord:
     record = services().jobs.get(job_id) if _JOB_ID.fullmatch(job_id) else None
-    if record is None:
+    # Another key's job is reported exactly like a job that does not exist.
+    if record is None or record.owner != g.owner:
         raise ApiError(f"no job {job_id}", code="not_found")
     return record
 
@@ -130,12 +151,17 @@ def submit_job() -> Response:
     elif background is not None:
         raise ParameterError("background", "only used with effect=replace")
 
+    queue = settings.queue_for(params.model)
+    if settings.max_queue_depth and svc.jobs.queue_depth(queue) >= settings.max_queue_depth:
+        raise ApiError(f"the queue holds {settings.max_queue_depth} or more jobs; try again later", code="queue_full")
+
     job_id = uuid.uuid4().hex
     if idempotency_key is not None:
+        idempotency_key = f"{g.owner or ''}:{idempotency_key}"  # keys are per API key
         earlier = svc.jobs.claim_idempotency_key(idempotency_key, _fingerprint(params, image, background), job_id)
         if earlier is not None:
             record = svc.jobs.get(earlier)
-            if record is not None:
+            if record is not None and record.owner == g.owner:
                 return _accepted(record)
             # The earlier request with this key failed before its job was recorded: this one takes over.
             job_id = earlier
@@ -147,6 +173,7 @@ def submit_job() -> Response:
         created_at=time.time(),
         input_key=f"inputs/{job_id}",
         background_key=f"inputs/{job_id}-background" if background is not None else None,
+        owner=g.owner,
     )
     try:
         svc.storage.put(record.input_key, image, "application/octet-stream")
@@ -154,7 +181,7 @@ def submit_job() -> Response:
             svc.storage.put(record.background_key, background, "application/octet-stream")
         svc.jobs.create(record)
         try:
-            enqueue(svc.celery, job_id, settings.queue_for(params.model))
+            enqueue(svc.celery, job_id, queue)
         except Exception as exc:  # kombu raises several types for a dead broker
             svc.jobs.delete(job_id)
             raise ApiError(f"queue unreachable: {exc}", code="broker_unavailable") from None

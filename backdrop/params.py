@@ -14,6 +14,7 @@ from typing import Any
 
 from backdrop.errors import ParameterError
 from backdrop.models.registry import choose_model, normalize_targets
+from backdrop.text import parse_bool
 
 
 class Effect(StrEnum):
@@ -53,8 +54,6 @@ EFFECT_FORMATS = {
     Effect.MASK: (OutputFormat.PNG,),
 }
 _HEX_COLOR = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 def _choice(enum: type[StrEnum], field_name: str, raw: str, aliases: Mapping[str, str] = {}) -> Any:
@@ -93,12 +92,10 @@ def parse_color(raw: str) -> tuple[int, int, int]:
 
 
 def _bool(field_name: str, raw: str) -> bool:
-    text = raw.strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ParameterError(field_name, f"{raw!r} is not true or false")
+    try:
+        return parse_bool(raw)
+    except ValueError as exc:
+        raise ParameterError(field_name, str(exc)) from None
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from backdrop.errors import BackdropError
+from backdrop.text import parse_bool
 
 
 class SettingsError(BackdropError):
@@ -38,15 +39,6 @@ def _positive_float(text: str) -> float:
     if value <= 0:
         raise ValueError("must be a positive number")
     return value
-
-
-def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("must be true or false")
 
 
 def _name_list(text: str) -> tuple[str, ...]:
@@ -91,7 +83,7 @@ class Settings:
     s3_public_url: str | None = None
     s3_region: str = "us-east-1"
     s3_access_key: str | None = None
-    s3_secret_key: str | None = None
+    s3_secret_key: str | None = field(default=None, repr=False)
     s3_bucket: str = "backdrop"
     s3_create_bucket: bool = False
     result_url_expiry_s: int = 3600
@@ -102,6 +94,10 @@ class Settings:
     visibility_timeout_s: int = 3600
     max_attempts: int = 3
     worker_models: tuple[str, ...] = ("selfie", "deeplab")
+    sweep_interval_s: int = 60
+    max_queue_depth: int = 0
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    fault_injection: bool = False
     port: int = 8080
     workers: int = 2
 
@@ -125,8 +121,17 @@ class Settings:
         if self.visibility_timeout_s <= self.task_time_limit_s:
             # Otherwise Redis hands a running job to a second worker while the first still works on it.
             raise SettingsError("BACKDROP_VISIBILITY_TIMEOUT_S must exceed BACKDROP_TASK_TIME_LIMIT_S")
+        if any(len(key) < 16 for key in self.api_keys):
+            raise SettingsError("BACKDROP_API_KEYS: every key must be at least 16 characters")
         if self.storage_retries < 0:
             raise SettingsError("BACKDROP_STORAGE_RETRIES must not be negative")
+        retry_budget = self.storage_retry_backoff_s * (2**self.storage_retries - 1)
+        if retry_budget >= self.task_soft_time_limit_s:
+            # Otherwise a storage outage shows up as a timeout instead of storage_unavailable.
+            raise SettingsError(
+                f"the storage retry budget ({retry_budget:g} s from BACKDROP_STORAGE_RETRIES and "
+                "BACKDROP_STORAGE_RETRY_BACKOFF_S) must be below BACKDROP_TASK_SOFT_TIME_LIMIT_S"
+            )
 
     def queue_for(self, model: str) -> str:
         """The queue a job for ``model`` goes to (CPU and GPU workers can consume different queues)."""
@@ -140,7 +145,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model_download_timeout_s": ("BACKDROP_MODEL_DOWNLOAD_TIMEOUT_S", _positive_float),
     "model_pip_args": ("BACKDROP_MODEL_PIP_ARGS", lambda text: tuple(shlex.split(text))),
     "engine": ("BACKDROP_ENGINE", str.lower),
-    "confirm_targets": ("BACKDROP_CONFIRM_TARGETS", _bool),
+    "confirm_targets": ("BACKDROP_CONFIRM_TARGETS", parse_bool),
     "threads": ("BACKDROP_THREADS", _positive_int),
     "max_image_bytes": ("BACKDROP_MAX_IMAGE_BYTES", _positive_int),
     "max_image_pixels": ("BACKDROP_MAX_IMAGE_PIXELS", _positive_int),
@@ -155,7 +160,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "s3_access_key": ("BACKDROP_S3_ACCESS_KEY", str),
     "s3_secret_key": ("BACKDROP_S3_SECRET_KEY", str),
     "s3_bucket": ("BACKDROP_S3_BUCKET", str),
-    "s3_create_bucket": ("BACKDROP_S3_CREATE_BUCKET", _bool),
+    "s3_create_bucket": ("BACKDROP_S3_CREATE_BUCKET", parse_bool),
     "result_url_expiry_s": ("BACKDROP_RESULT_URL_EXPIRY_S", _positive_int),
     "storage_retries": ("BACKDROP_STORAGE_RETRIES", int),
     "storage_retry_backoff_s": ("BACKDROP_STORAGE_RETRY_BACKOFF_S", _positive_float),
@@ -164,6 +169,10 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "visibility_timeout_s": ("BACKDROP_VISIBILITY_TIMEOUT_S", _positive_int),
     "max_attempts": ("BACKDROP_MAX_ATTEMPTS", _positive_int),
     "worker_models": ("BACKDROP_WORKER_MODELS", _name_list),
+    "sweep_interval_s": ("BACKDROP_SWEEP_INTERVAL_S", _positive_int),
+    "max_queue_depth": ("BACKDROP_MAX_QUEUE_DEPTH", int),
+    "api_keys": ("BACKDROP_API_KEYS", lambda text: tuple(k.strip() for k in text.split(",") if k.strip())),
+    "fault_injection": ("BACKDROP_FAULT_INJECTION", parse_bool),
     "port": ("PORT", _positive_int),
     "workers": ("WORKERS", _positive_int),
 }

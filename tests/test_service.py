@@ -65,7 +65,8 @@ def job_store(stack) -> JobStore:
 @contextmanager
 def consumption_paused(stack) -> Iterator[None]:
     """Workers stop taking jobs from the queue (Celery remote control), so submitted jobs stay queued."""
-    control = Celery(broker=Settings.from_env(stack.env).redis_url)
+    control = Celery(broker=Settings.from_env(stack.env).redis_url, set_as_current=False)
+    control.conf.broker_pool_limit = 0
     replies = control.control.cancel_consumer("backdrop", reply=True, timeout=5)
     assert replies, "no worker answered"
     try:

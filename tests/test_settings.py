@@ -30,6 +30,8 @@ def test_defaults_and_environment():
         {"BACKDROP_QUEUE_ROUTES": "deeplab"},
         {"BACKDROP_TASK_SOFT_TIME_LIMIT_S": "100", "BACKDROP_TASK_TIME_LIMIT_S": "90"},
         {"BACKDROP_VISIBILITY_TIMEOUT_S": "60"},
+        {"BACKDROP_STORAGE_RETRIES": "8", "BACKDROP_STORAGE_RETRY_BACKOFF_S": "1"},
+        {"BACKDROP_API_KEYS": "short"},
     ],
 )
 def test_bad_values_name_the_variable(env):

@@ -17,9 +17,10 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from backdrop.errors import BackdropError
 from backdrop.pipeline import Pipeline
-from backdrop.service.jobs import JobRecord, JobStore, ResultObject
+from backdrop.service.jobs import BrokerUnavailable, JobRecord, JobStore, ResultObject
 from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
 from backdrop.settings import Settings
+from worker import faults
 
 log = logging.getLogger("backdrop.worker")
 T = TypeVar("T")
@@ -48,22 +49,22 @@ class JobRunner:
         self._sleep = sleep
 
     def _with_retries(self, operation: Callable[[], T]) -> T:
-        """Retry transient storage failures with exponential backoff, then give up."""
+        """Retry transient S3 or Redis failures with exponential backoff, then give up."""
         delay = self.settings.storage_retry_backoff_s
         for attempt in range(self.settings.storage_retries + 1):
             try:
                 return operation()
-            except StorageUnavailable as exc:
+            except (StorageUnavailable, BrokerUnavailable) as exc:
                 if attempt == self.settings.storage_retries:
                     raise
-                log.warning("storage unavailable (%s); retry %d in %.1f s", exc.message, attempt + 1, delay)
+                log.warning("%s (%s); retry %d in %.1f s", exc.code, exc.message, attempt + 1, delay)
                 self._sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")
 
     def run(self, job_id: str) -> str:
         """Process ``job_id`` if it still needs processing; returns what happened (for logs and tests)."""
-        decision = self.jobs.start(job_id, self.worker_id, self.settings.max_attempts)
+        decision = self._with_retries(lambda: self.jobs.start(job_id, self.worker_id, self.settings.max_attempts))
         if decision.action == "exhausted":
             record = self.jobs.get(job_id)
             if record is not None:
@@ -77,24 +78,24 @@ class JobRunner:
         if decision.action != "run":
             log.info("job %s skipped: %s", job_id, decision.action)
             return "skipped"
-        record = self.jobs.get(job_id)
+        record = self._with_retries(lambda: self.jobs.get(job_id))
         if record is None:  # expired between start and get
             return "skipped"
         try:
             return self._process(record)
         except SoftTimeLimitExceeded:
-            self.jobs.fail(record, "timeout", f"the job ran longer than {self.settings.task_soft_time_limit_s} s")
-            return "failed"
+            return self._fail(record, "timeout", f"the job ran longer than {self.settings.task_soft_time_limit_s} s")
         except ObjectNotFound:
-            self.jobs.fail(record, "input_missing", "the uploaded image is no longer in storage")
-            return "failed"
+            return self._fail(record, "input_missing", "the uploaded image is no longer in storage")
         except BackdropError as exc:
-            self.jobs.fail(record, exc.code, exc.message)
-            return "failed"
+            return self._fail(record, exc.code, exc.message)
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job_id)
-            self.jobs.fail(record, "internal_error", f"processing failed unexpectedly ({type(exc).__name__})")
-            return "failed"
+            return self._fail(record, "internal_error", f"processing failed unexpectedly ({type(exc).__name__})")
+
+    def _fail(self, record: JobRecord, code: str, message: str) -> str:
+        self._with_retries(lambda: self.jobs.fail(record, code, message))
+        return "failed"
 
     def _process(self, record: JobRecord) -> str:
         started = time.perf_counter()
@@ -103,6 +104,8 @@ class JobRunner:
         if record.background_key:
             background = self._with_retries(lambda: self.storage.get(record.background_key or ""))
         fetched = time.perf_counter()
+        if self.settings.fault_injection:
+            faults.inject(image)
 
         result = self.pipeline.process(image, record.params, background)
 
@@ -114,21 +117,23 @@ class JobRunner:
             **result.timings_ms,
             "upload": round((time.perf_counter() - stored_at) * 1e3, 2),
         }
-        recorded = self.jobs.succeed(
-            record,
-            model=result.model,
-            detected=result.detected,
-            found=result.found,
-            timings_ms=timings,
-            result=ResultObject(
-                key=key,
-                content_type=result.content_type,
-                width=result.width,
-                height=result.height,
-                bytes=len(result.data),
-            ),
-            worker=self.worker_id,
-            engine_loads=self.pipeline.engine_loads,
+        recorded = self._with_retries(
+            lambda: self.jobs.succeed(
+                record,
+                model=result.model,
+                detected=result.detected,
+                found=result.found,
+                timings_ms=timings,
+                result=ResultObject(
+                    key=key,
+                    content_type=result.content_type,
+                    width=result.width,
+                    height=result.height,
+                    bytes=len(result.data),
+                ),
+                worker=self.worker_id,
+                engine_loads=self.pipeline.engine_loads,
+            )
         )
         if not recorded:
             return "skipped"

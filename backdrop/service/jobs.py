@@ -16,12 +16,16 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from backdrop.errors import BackdropError
 from backdrop.params import JobParams
 
 KEY_PREFIX = "backdrop:job:"
 IDEMPOTENCY_PREFIX = "backdrop:idempotency:"
+# Sorted set of running job ids by start time: lets the sweeper find jobs whose worker vanished.
+RUNNING_SET = "backdrop:running"
 T = TypeVar("T")
 
 
@@ -137,8 +141,9 @@ end
 return status
 """
 
-# KEYS[1] job; ARGV: now, worker, max attempts. A redelivered message finds the job "running" and runs
-# it again (its first worker died); a finished or cancelled job is never run again.
+# KEYS[1] job, KEYS[2] running set; ARGV: now, worker, max attempts, job id. A redelivered message
+# finds the job "running" and runs it again (its first worker died); a finished or cancelled job is
+# never run again.
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', 0} end
@@ -147,14 +152,17 @@ local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[3]) then return {'exhausted', attempts} end
 redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[2])
 if status == '"queued"' then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
+redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
 return {'run', attempts}
 """
 
-# KEYS[1] job; ARGV: field, value, ... Records a terminal state once, only over "running".
+# KEYS[1] job, KEYS[2] running set; ARGV: job id, field, value, ... Records a terminal state once,
+# only over "running".
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"running"' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
 """
 
@@ -179,7 +187,14 @@ class JobStore:
     @classmethod
     def connect(cls, url: str, *, ttl_s: int) -> JobStore:
         client = redis.Redis.from_url(
-            url, socket_connect_timeout=1.0, socket_timeout=3.0, health_check_interval=15, decode_responses=True
+            url,
+            socket_connect_timeout=1.0,
+            socket_timeout=3.0,
+            health_check_interval=15,
+            decode_responses=True,
+            # A pooled connection from before a Redis restart fails once; retry it on a fresh one.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         )
         return cls(client, ttl_s=ttl_s)
 
@@ -222,19 +237,28 @@ class JobStore:
         return str(self._guard(lambda: self._cancel(keys=[KEY_PREFIX + job_id], args=[json.dumps(time.time())])))
 
     def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
-        action, attempt = self._guard(
-            lambda: self._start(
-                keys=[KEY_PREFIX + job_id], args=[json.dumps(time.time()), json.dumps(worker), max_attempts]
-            )
-        )
+        keys = [KEY_PREFIX + job_id, RUNNING_SET]
+        args = [json.dumps(time.time()), json.dumps(worker), max_attempts, job_id]
+        action, attempt = self._guard(lambda: self._start(keys=keys, args=args))
         return StartDecision(action=str(action).strip('"'), attempt=int(attempt))
 
     def finish(self, record: JobRecord) -> bool:
         """Record ``record``'s terminal state if the job is still running; False if it was not."""
         fields = record.to_hash()
         fields.pop("attempts", None)  # counted by start(); never rewound
-        args: list[str] = [item for pair in fields.items() for item in pair]
-        return bool(self._guard(lambda: self._finish(keys=[KEY_PREFIX + record.id], args=args)))
+        args: list[str] = [record.id, *(item for pair in fields.items() for item in pair)]
+        return bool(self._guard(lambda: self._finish(keys=[KEY_PREFIX + record.id, RUNNING_SET], args=args)))
+
+    def running_since_before(self, cutoff: float) -> list[str]:
+        """Ids of jobs that started running before ``cutoff`` (epoch seconds) and never finished."""
+        return list(self._guard(lambda: self._redis.zrangebyscore(RUNNING_SET, "-inf", cutoff)))
+
+    def forget_running(self, job_id: str) -> None:
+        self._guard(lambda: self._redis.zrem(RUNNING_SET, job_id))
+
+    def queue_depth(self, queue: str) -> int:
+        """Messages waiting in a Celery queue (kombu's Redis transport keeps each queue in a list)."""
+        return int(self._guard(lambda: self._redis.llen(queue)))
 
     def succeed(self, record: JobRecord, **changes: Any) -> bool:
         return self.finish(replace(record, status=JobStatus.SUCCEEDED, finished_at=time.time(), error=None, **changes))

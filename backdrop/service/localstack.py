@@ -66,10 +66,6 @@ class ManagedProcess:
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def signal(self, signum: int) -> None:
-        if self.alive():
-            self.process.send_signal(signum)
-
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM (a warm shutdown for workers), then SIGKILL if it does not exit in time."""
         if not self.alive():
@@ -230,14 +226,24 @@ def service_env(
 
 
 def start_workers(
-    env: Mapping[str, str], *, concurrency: int, queues: str, log_path: Path | None, name: str = "backdrop"
+    env: Mapping[str, str],
+    *,
+    concurrency: int,
+    queues: str,
+    log_path: Path | None,
+    name: str = "backdrop",
+    beat_schedule: Path | None = None,
 ) -> ManagedProcess:
+    """A Celery worker node with ``concurrency`` prefork processes; with ``beat_schedule``, it also runs
+    the periodic sweep (only one node of a deployment should)."""
     command = [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "prefork",
         "--concurrency", str(concurrency), "--queues", queues, "--loglevel", "INFO",
         "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
-    return _spawn("worker", command, log_path=log_path, env=env)
+    if beat_schedule is not None:
+        command += ["--beat", "--schedule", str(beat_schedule)]
+    return _spawn(f"worker-{name}", command, log_path=log_path, env=env)
 
 
 def wait_for_workers(process: ManagedProcess, count: int, timeout_s: float = 90) -> None:
@@ -294,7 +300,13 @@ class LocalStack:
             )
             worker_log = logs / "worker.log" if log_services_to_files else None
             queues = Settings.from_env(self.env).queue
-            worker = start_workers(self.env, concurrency=self.workers, queues=queues, log_path=worker_log)
+            worker = start_workers(
+                self.env,
+                concurrency=self.workers,
+                queues=queues,
+                log_path=worker_log,
+                beat_schedule=self.root / "celerybeat-schedule",
+            )
             self.processes.append(worker)
             api_log = logs / "api.log" if log_services_to_files else None
             self.processes.append(start_api(self.env, port=self.api_port, log_path=api_log))
@@ -306,6 +318,20 @@ class LocalStack:
 
     def process(self, name: str) -> ManagedProcess:
         return next(p for p in self.processes if p.name == name)
+
+    def stop_service(self, name: str) -> None:
+        """Stop the ``redis`` or ``s3`` server (fault tests); ``start_service`` brings it back, same data."""
+        self.process(name).stop()
+
+    def start_service(self, name: str) -> None:
+        logs = self.root / "log"
+        if name == "redis":
+            fresh = start_redis(self.root / "redis", self.redis_port, logs)
+        elif name == "s3":
+            fresh = start_s3(self.root / "s3", self.s3_port, self.credentials, self.bucket, logs)
+        else:
+            raise ValueError(f"cannot restart {name}")
+        self.processes[self.processes.index(self.process(name))] = fresh
 
     def stop(self) -> None:
         # Reverse order: stop taking requests, let workers finish, then the servers they need.

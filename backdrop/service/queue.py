@@ -8,6 +8,7 @@ from celery import Celery
 from backdrop.settings import Settings
 
 PROCESS_TASK = "backdrop.process_job"
+SWEEP_TASK = "backdrop.sweep"
 
 
 def make_celery(settings: Settings) -> Celery:

@@ -34,6 +34,10 @@ class Storage(Protocol):
         """Raise :class:`StorageUnavailable` unless the store answers and the bucket exists."""
         ...
 
+    def delete_older_than(self, prefix: str, cutoff: float) -> int:
+        """Delete objects under ``prefix`` last modified before ``cutoff`` (epoch seconds); returns how many."""
+        ...
+
 
 class S3Storage:
     """Private objects in one bucket; clients only ever see presigned URLs."""
@@ -110,6 +114,15 @@ class S3Storage:
 
     def ping(self) -> None:
         self.ensure_bucket()
+
+    def delete_older_than(self, prefix: str, cutoff: float) -> int:
+        expired: list[str] = []
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))):  # type: ignore[union-attr]
+            expired.extend(o["Key"] for o in page.get("Contents", []) if o["LastModified"].timestamp() < cutoff)
+        for start in range(0, len(expired), 1000):  # the S3 limit per DeleteObjects call
+            self.delete(*expired[start : start + 1000])
+        return len(expired)
 
 
 STORAGES: dict[str, Callable[[Settings], Storage]] = {"s3": S3Storage}

@@ -1,0 +1,235 @@
+"""Fault injection against the real servers: every accepted job ends in exactly one terminal state.
+
+Its own stack (short time limits, fault injection on) so killing and restarting things cannot disturb
+the other integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import boto3
+import pytest
+import requests
+from celery import Celery
+
+from backdrop.service.jobs import JobRecord, JobStatus, JobStore
+from backdrop.service.localstack import LocalStack, free_port, start_workers, wait_for_workers
+from backdrop.settings import Settings
+from worker.faults import marker
+
+pytestmark = pytest.mark.integration
+
+FAULT_ENV = {
+    "BACKDROP_THREADS": "1",
+    "BACKDROP_FAULT_INJECTION": "true",
+    "BACKDROP_TASK_SOFT_TIME_LIMIT_S": "6",
+    "BACKDROP_TASK_TIME_LIMIT_S": "9",
+    "BACKDROP_VISIBILITY_TIMEOUT_S": "20",
+    "BACKDROP_STORAGE_RETRIES": "3",
+    "BACKDROP_STORAGE_RETRY_BACKOFF_S": "0.5",  # retry budget: 0.5 + 1 + 2 = 3.5 s
+    "BACKDROP_MAX_ATTEMPTS": "3",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    env = {**os.environ, **FAULT_ENV}
+    local = LocalStack(root=tmp_path_factory.mktemp("faults"), api_port=free_port(), workers=2)
+    local.start(env)
+    yield local
+    local.stop()
+
+
+@pytest.fixture(scope="module")
+def settings(stack) -> Settings:
+    return Settings.from_env(stack.env)
+
+
+@pytest.fixture(scope="module")
+def store(settings) -> JobStore:
+    return JobStore.connect(settings.redis_url, ttl_s=600)
+
+
+def with_fault(jpeg: bytes, name: str, seconds: float | None = None) -> bytes:
+    """The same photo with a JPEG comment segment carrying a fault marker."""
+    comment = marker(name, seconds)
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
+
+
+def submit(stack, image: bytes, **fields) -> requests.Response:
+    return requests.post(f"{stack.api_url}/v1/jobs", files={"image": ("p.jpg", image)}, data=fields, timeout=30)
+
+
+def accepted(stack, image: bytes, **fields) -> str:
+    response = submit(stack, image, **fields)
+    assert response.status_code == 202, response.text
+    return response.json()["id"]
+
+
+def wait_for(predicate, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def running(store: JobStore, job_id: str) -> JobRecord:
+    return wait_for(
+        lambda: (r := store.get(job_id)) is not None and r.status is JobStatus.RUNNING and r, 30, f"{job_id} to run"
+    )
+
+
+def finished(store: JobStore, job_id: str, timeout_s: float = 60) -> JobRecord:
+    return wait_for(lambda: (r := store.get(job_id)) is not None and r.status.finished and r, timeout_s, job_id)
+
+
+def result_objects(settings: Settings, job_id: str) -> list[str]:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+    )
+    listing = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=f"results/{job_id}")
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def pid_of(record: JobRecord) -> int:
+    return int((record.worker or "").rsplit(":", 1)[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextmanager
+def paused(settings: Settings, node: str = "backdrop") -> Iterator[None]:
+    control = Celery(broker=settings.redis_url, set_as_current=False)
+    control.conf.broker_pool_limit = 0  # fresh connections: the servers may have been restarted
+    destination = [f"{node}@{socket.gethostname()}"]
+    assert control.control.cancel_consumer(settings.queue, destination=destination, reply=True, timeout=5)
+    try:
+        yield
+    finally:
+        control.control.add_consumer(settings.queue, destination=destination, reply=True, timeout=5)
+
+
+def test_sigkill_mid_job_is_redelivered_and_stored_once(stack, settings, store, astronaut_jpeg):
+    job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 2))
+    first = running(store, job_id)
+    time.sleep(0.3)  # well inside the job
+    os.kill(pid_of(first), signal.SIGKILL)
+    record = finished(store, job_id)
+    assert record.status is JobStatus.SUCCEEDED, record.error
+    assert record.attempts == 2 and pid_of(record) != pid_of(first)
+    assert result_objects(settings, job_id) == [f"results/{job_id}.jpg"]
+
+
+def test_sigterm_lets_the_running_job_finish(stack, settings, store, astronaut_jpeg):
+    extra = start_workers(
+        stack.env, concurrency=1, queues=settings.queue, log_path=stack.root / "log" / "extra.log", name="extra"
+    )
+    try:
+        wait_for_workers(extra, 1)
+        with paused(settings):  # only the extra node takes jobs now
+            job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 2))
+            running(store, job_id)
+            extra.process.send_signal(signal.SIGTERM)  # warm shutdown
+            record = finished(store, job_id)
+            assert record.status is JobStatus.SUCCEEDED and record.attempts == 1
+            extra.process.wait(30)
+    finally:
+        extra.stop()
+
+
+def test_redis_restart_loses_nothing(stack, settings, store, astronaut_jpeg):
+    ids = [accepted(stack, with_fault(astronaut_jpeg, "slow", 1)) for _ in range(4)]
+    running(store, ids[0])
+    stack.stop_service("redis")
+    try:
+        started = time.monotonic()
+        down = submit(stack, astronaut_jpeg)
+        assert down.status_code == 503 and down.json()["error"]["code"] == "broker_unavailable"
+        assert requests.get(f"{stack.api_url}/v1/jobs/{ids[0]}", timeout=10).status_code == 503
+        assert requests.get(f"{stack.api_url}/readyz", timeout=10).status_code == 503
+        assert time.monotonic() - started < 10  # answered, not hung
+        time.sleep(1)
+    finally:
+        stack.start_service("redis")
+    wait_for(lambda: requests.get(f"{stack.api_url}/readyz", timeout=10).status_code == 200, 30, "API recovery")
+    after = accepted(stack, astronaut_jpeg)
+    for job_id in [*ids, after]:
+        record = finished(store, job_id, timeout_s=90)
+        assert record.status is JobStatus.SUCCEEDED, (job_id, record.error)
+        assert len(result_objects(settings, job_id)) == 1
+
+
+def test_s3_outage_is_retried_until_it_returns(stack, settings, store, astronaut_jpeg):
+    with paused(settings):
+        job_id = accepted(stack, astronaut_jpeg)
+        stack.stop_service("s3")
+    try:
+        refused = submit(stack, astronaut_jpeg)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "storage_unavailable"
+        time.sleep(2)  # the worker is retrying meanwhile
+        assert store.get(job_id).status is JobStatus.RUNNING
+    finally:
+        stack.start_service("s3")
+    record = finished(store, job_id)
+    assert record.status is JobStatus.SUCCEEDED, record.error
+
+
+def test_s3_outage_past_the_retry_budget_fails_the_job(stack, settings, store, astronaut_jpeg):
+    with paused(settings):
+        job_id = accepted(stack, astronaut_jpeg)
+        stack.stop_service("s3")
+    try:
+        record = finished(store, job_id, timeout_s=40)
+    finally:
+        stack.start_service("s3")
+    assert record.status is JobStatus.FAILED and record.error["code"] == "storage_unavailable"
+
+
+def test_soft_time_limit_fails_with_timeout(stack, store, astronaut_jpeg):
+    job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 30))
+    record = finished(store, job_id, timeout_s=30)
+    assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
+    assert 6 <= record.finished_at - record.started_at < 9
+
+
+def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(stack, store, astronaut_jpeg):
+    job_id = accepted(stack, with_fault(astronaut_jpeg, "stuck", 60))
+    pid = pid_of(running(store, job_id))
+    record = finished(store, job_id, timeout_s=40)
+    assert record.status is JobStatus.FAILED and record.error["code"] == "timeout"
+    wait_for(lambda: not alive(pid), 10, "the stuck process to be gone")
+    time.sleep(3)
+    assert store.get(job_id).status is JobStatus.FAILED  # not redelivered
+
+
+def test_poison_input_fails_once_without_a_redelivery_loop(stack, store, astronaut_jpeg):
+    job_id = accepted(stack, with_fault(astronaut_jpeg, "crash"))
+    record = finished(store, job_id, timeout_s=90)
+    assert record.status is JobStatus.FAILED and record.error["code"] == "worker_lost"
+    attempts = record.attempts
+    time.sleep(3)
+    again = store.get(job_id)
+    assert again.status is JobStatus.FAILED and again.attempts == attempts == 4
+    # And the service still works.
+    healthy = finished(store, accepted(stack, astronaut_jpeg))
+    assert healthy.status is JobStatus.SUCCEEDED
