@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"], help="output format (default: input's)")
     process.add_argument("--quality", help="JPEG/WebP quality 1-100 (default 90)")
     process.add_argument("--keep-islands", action="store_true", help="keep small subject regions far from the main one")
+    process.add_argument(
+        "--keep-metadata", action="store_true", help="copy the input's EXIF (GPS included) to the output"
+    )
     process.add_argument("--json", action="store_true", help="print one JSON report line per input on stdout")
 
     models = commands.add_parser("models", help="list or fetch the segmentation models")
@@ -173,6 +176,7 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
             "format": fmt,
             "quality": args.quality,
             "keep_islands": "true" if args.keep_islands else None,
+            "keep_metadata": "true" if args.keep_metadata else None,
         }
     )
     background = None

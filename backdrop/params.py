@@ -111,9 +111,11 @@ class JobParams:
     format: OutputFormat | None = None
     quality: int = 90
     keep_islands: bool = False
+    keep_metadata: bool = False
 
     FIELDS = (
         "effect", "strength", "bokeh", "targets", "model", "color", "format", "quality", "keep_islands",
+        "keep_metadata",
     )  # fmt: skip
 
     @classmethod
@@ -136,8 +138,9 @@ class JobParams:
             kwargs["format"] = _choice(OutputFormat, "format", given["format"], FORMAT_ALIASES)
         if "quality" in given:
             kwargs["quality"] = _int_in_range("quality", given["quality"], 1, 100)
-        if "keep_islands" in given:
-            kwargs["keep_islands"] = _bool("keep_islands", given["keep_islands"])
+        for flag in ("keep_islands", "keep_metadata"):
+            if flag in given:
+                kwargs[flag] = _bool(flag, given[flag])
         targets = normalize_targets(given.get("targets", "person").split(","))
         spec = choose_model(targets, given.get("model", "").strip().lower() or None)
         params = cls(targets=targets, model=spec.name, **kwargs)
@@ -168,6 +171,7 @@ class JobParams:
             "format": self.format.value if self.format else None,
             "quality": self.quality,
             "keep_islands": self.keep_islands,
+            "keep_metadata": self.keep_metadata,
         }
 
     @classmethod

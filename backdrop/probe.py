@@ -37,6 +37,7 @@ class ImageInfo:
     height: int
     mode: str
     orientation: int = 1
+    exif: bytes | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -91,4 +92,12 @@ def probe_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
             orientation = 1
         if orientation not in range(1, 9):
             orientation = 1
-        return ImageInfo(format=kind, width=width, height=height, mode=image.mode, orientation=orientation)
+        exif = image.info.get("exif")
+        return ImageInfo(
+            format=kind,
+            width=width,
+            height=height,
+            mode=image.mode,
+            orientation=orientation,
+            exif=exif if isinstance(exif, bytes) else None,
+        )

@@ -151,3 +151,31 @@ def test_timings_reported_per_stage(pipeline, astronaut_jpeg):
     timings = run(pipeline, astronaut_jpeg).timings_ms
     assert list(timings) == ["decode", "segment", "refine", "effect", "encode"]
     assert all(value >= 0 for value in timings.values())
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "webp"])
+def test_metadata_dropped_unless_kept(pipeline, astronaut, fmt):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "BackdropCam"
+    exif.get_ifd(0x8825)[2] = (48.0, 51.0, 29.0)  # GPS latitude
+    photo = encode_rgb(astronaut, exif=exif.tobytes())
+    dropped = run(pipeline, photo, format=fmt)
+    with Image.open(io.BytesIO(dropped.data)) as image:
+        assert not image.getexif()
+    kept = run(pipeline, photo, format=fmt, keep_metadata="true")
+    with Image.open(io.BytesIO(kept.data)) as image:
+        image.load()
+        tags = image.getexif()
+        assert tags[0x010F] == "BackdropCam" and tags.get_ifd(0x8825)[2] == (48.0, 51.0, 29.0)
+        assert tags[0x0112] == 1  # pixels are already upright
+        assert image.size == (512, 512)
+
+
+def test_metadata_kept_on_lossless_webp_with_alpha(pipeline, astronaut):
+    exif = Image.Exif()
+    exif[0x010F] = "BackdropCam"
+    kept = run(pipeline, encode_rgb(astronaut, exif=exif.tobytes()), effect="cutout", format="webp", keep_metadata="1")
+    with Image.open(io.BytesIO(kept.data)) as image:
+        image.load()
+        assert image.mode == "RGBA" and image.getexif()[0x010F] == "BackdropCam"

@@ -24,6 +24,7 @@ from backdrop.params import Effect, JobParams, OutputFormat
 from backdrop.pipeline.effects import apply_effect
 from backdrop.pipeline.geometry import make_preview
 from backdrop.pipeline.imageio import encode_image, load_image
+from backdrop.pipeline.metadata import attach_exif, upright_exif
 from backdrop.pipeline.refine import clean_probability, refine_alpha
 from backdrop.pipeline.segment import segment
 from backdrop.settings import Settings
@@ -162,6 +163,8 @@ class Pipeline:
 
         with clock.stage("encode"):
             encoded = encode_image(rendered, output_format, params.quality)
+            if params.keep_metadata and decoded.info.exif:
+                encoded = attach_exif(encoded, output_format, upright_exif(decoded.info.exif))
 
         return ProcessResult(
             data=encoded,

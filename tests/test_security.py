@@ -1,0 +1,136 @@
+"""API keys, job ownership, backpressure, private storage and housekeeping, against the real Redis and S3
+of the ``stack`` fixture (the API app here is built in-process with its own settings)."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from dataclasses import replace
+
+import pytest
+import requests
+
+from api import create_app
+from backdrop.service.jobs import JobRecord, JobStatus, JobStore
+from backdrop.service.storage import open_storage
+from backdrop.settings import Settings
+from worker.sweeper import sweep
+
+pytestmark = pytest.mark.integration
+KEY_A, KEY_B = "a" * 8 + uuid.uuid4().hex, "b" * 8 + uuid.uuid4().hex
+
+
+@pytest.fixture
+def settings(stack) -> Settings:
+    # A queue no worker consumes: jobs submitted here stay queued.
+    return replace(Settings.from_env(stack.env), queue=f"idle-{uuid.uuid4().hex[:8]}")
+
+
+def post(client, image: bytes, key: str | None = None, **fields):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return client.post("/v1/jobs", data={"image": (io.BytesIO(image), "p.jpg"), **fields}, headers=headers)
+
+
+def test_api_keys_and_ownership(settings, astronaut_jpeg):
+    client = create_app(replace(settings, api_keys=(KEY_A, KEY_B))).test_client()
+    missing = post(client, astronaut_jpeg)
+    assert missing.status_code == 401 and missing.json["error"]["code"] == "unauthorized"
+    assert missing.headers["WWW-Authenticate"].startswith("Bearer")
+    assert post(client, astronaut_jpeg, key="c" * 40).status_code == 401
+    assert client.get("/v1/models", headers={"Authorization": f"Basic {KEY_A}"}).status_code == 401
+    assert client.get("/v1/models").status_code == 401
+    for public in ("/healthz", "/readyz", "/openapi.json"):
+        assert client.get(public).status_code == 200
+
+    created = post(client, astronaut_jpeg, key=KEY_A)
+    assert created.status_code == 202
+    job = created.json["id"]
+    as_a = {"Authorization": f"Bearer {KEY_A}"}
+    as_b = {"Authorization": f"Bearer {KEY_B}"}
+    assert client.get(f"/v1/jobs/{job}", headers=as_a).status_code == 200
+    for method, path in (("get", f"/v1/jobs/{job}"), ("get", f"/v1/jobs/{job}/result"), ("delete", f"/v1/jobs/{job}")):
+        response = getattr(client, method)(path, headers=as_b)
+        assert response.status_code == 404, (method, path)  # indistinguishable from an unknown job
+    assert client.delete(f"/v1/jobs/{job}", headers=as_a).status_code == 200
+
+
+def test_idempotency_keys_are_per_api_key(settings, astronaut_jpeg, chelsea):
+    from tests.conftest import encode_rgb
+
+    client = create_app(replace(settings, api_keys=(KEY_A, KEY_B))).test_client()
+    header = {"Idempotency-Key": f"same-{uuid.uuid4().hex}"}
+    first = client.post(
+        "/v1/jobs",
+        data={"image": (io.BytesIO(astronaut_jpeg), "a.jpg")},
+        headers={**header, "Authorization": f"Bearer {KEY_A}"},
+    )
+    other = client.post(
+        "/v1/jobs",
+        data={"image": (io.BytesIO(encode_rgb(chelsea)), "c.jpg")},
+        headers={**header, "Authorization": f"Bearer {KEY_B}"},
+    )
+    assert first.status_code == other.status_code == 202
+    assert first.json["id"] != other.json["id"]
+
+
+def test_backpressure_answers_429(settings, astronaut_jpeg):
+    client = create_app(replace(settings, max_queue_depth=2)).test_client()
+    jobs = JobStore.connect(settings.redis_url, ttl_s=60)
+    try:
+        assert post(client, astronaut_jpeg).status_code == 202
+        assert post(client, astronaut_jpeg).status_code == 202
+        full = post(client, astronaut_jpeg)
+        assert full.status_code == 429 and full.json["error"]["code"] == "queue_full"
+        assert int(full.headers["Retry-After"]) > 0
+    finally:
+        jobs.redis.delete(settings.queue)
+
+
+def test_inputs_are_private_and_deleted_after_success(stack, astronaut_jpeg):
+    settings = Settings.from_env(stack.env)
+    job = requests.post(f"{stack.api_url}/v1/jobs", files={"image": ("p.jpg", astronaut_jpeg)}, timeout=10).json()
+    unsigned = f"{settings.s3_endpoint_url}/{settings.s3_bucket}/inputs/{job['id']}"
+    assert requests.get(unsigned, timeout=10).status_code in (403, 404)
+    deadline = time.monotonic() + 60
+    while requests.get(f"{stack.api_url}/v1/jobs/{job['id']}", timeout=10).json()["status"] != "succeeded":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    storage = open_storage(settings)
+    with pytest.raises(Exception) as caught:
+        storage.get(f"inputs/{job['id']}")
+    assert getattr(caught.value, "code", "") == "object_not_found"
+
+
+def test_sweeper_fails_lost_jobs_and_deletes_expired_objects(stack, astronaut_jpeg):
+    from backdrop.params import JobParams
+
+    # Its own Redis database and bucket: a sweep "in the future" must not touch the other tests' jobs.
+    shared = Settings.from_env(stack.env)
+    settings = replace(
+        shared,
+        redis_url=shared.redis_url.rsplit("/", 1)[0] + "/3",
+        s3_bucket=f"sweep-{uuid.uuid4().hex[:12]}",
+        s3_create_bucket=True,
+    )
+    jobs = JobStore.connect(settings.redis_url, ttl_s=600)
+    storage = open_storage(settings)
+    job_id = uuid.uuid4().hex
+    record = JobRecord(
+        id=job_id, status=JobStatus.QUEUED, params=JobParams(), created_at=time.time(), input_key=f"inputs/{job_id}"
+    )
+    jobs.create(record)
+    assert jobs.start(job_id, "gone:1", 3).action == "run"
+    storage.put(f"results/{job_id}.jpg", b"old result", "image/jpeg")
+
+    report = sweep(settings, jobs, storage, now=time.time() + settings.task_time_limit_s + 60)
+    assert report["lost_jobs"] == 1
+    lost = jobs.get(job_id)
+    assert lost.status is JobStatus.FAILED and lost.error["code"] == "worker_lost"
+    assert job_id not in jobs.running_since_before(time.time() + 10_000)
+
+    report = sweep(settings, jobs, storage, now=time.time() + settings.job_ttl_s + 60)
+    assert report == {"lost_jobs": 0, "deleted_objects": 1}
+    with pytest.raises(Exception) as caught:
+        storage.get(f"results/{job_id}.jpg")
+    assert getattr(caught.value, "code", "") == "object_not_found"
