@@ -1,12 +1,14 @@
 """Checking an image from its header, before any pixel is decoded.
 
 Uses Pillow's lazy ``Image.open`` (reads the header only), so size limits stop decompression bombs
-before a large allocation. Pillow only: the HTTP API can refuse bad uploads without OpenCV or a model.
+before a large allocation; truncation is caught from the file's structure, still without decoding.
+Pillow only: the HTTP API can refuse bad uploads without OpenCV or a model.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from dataclasses import dataclass
 
@@ -45,6 +47,48 @@ class ImageInfo:
         if self.orientation in (5, 6, 7, 8):
             return self.height, self.width
         return self.width, self.height
+
+
+def _check_complete(data: bytes, kind: OutputFormat) -> None:
+    """Refuse truncated files from their structure alone (no decoding): each format says where it ends."""
+    if kind is OutputFormat.PNG:
+        complete = _png_has_end(data)
+    elif kind is OutputFormat.WEBP:
+        complete = len(data) >= 8 + struct.unpack("<I", data[4:8])[0]
+    else:
+        complete = _jpeg_has_end(data)
+    if not complete:
+        raise ImageError(f"the {kind.value} data ends early (truncated upload?)", code="corrupt_image")
+
+
+def _png_has_end(data: bytes) -> bool:
+    offset = 8
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack(">I4s", data[offset : offset + 8])
+        offset += 12 + length
+        if offset > len(data):
+            return False
+        if kind == b"IEND":
+            return True
+    return False
+
+
+def _jpeg_has_end(data: bytes) -> bool:
+    """Walk the marker segments to the first scan, then look for the end-of-image marker after it (inside
+    entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so 0xFFD9 is the end)."""
+    offset = 2
+    while offset + 4 <= len(data):
+        if data[offset] != 0xFF:
+            return False
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        length = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
+        if marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", offset + 2 + length) != -1
+        offset += 2 + length
+    return False
 
 
 def probe_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
@@ -92,6 +136,7 @@ def probe_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
             orientation = 1
         if orientation not in range(1, 9):
             orientation = 1
+        _check_complete(data, kind)
         exif = image.info.get("exif")
         return ImageInfo(
             format=kind,
