@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export BACKDROP_MODEL_DIR ?= $(CURDIR)/var/models
 export BACKDROP_MODEL_MIRRORS ?= $(abspath $(CURDIR)/../shared/models)
 
-.PHONY: install models run test lint bench clean
+.PHONY: install models run test lint bench soak clean
 
 install: $(VENV)/.installed models
 
@@ -34,6 +34,10 @@ test: install lint
 
 bench: install
 	$(BIN)/python bench/pipeline.py
+
+# Load and fault soak against a real local stack (not part of `make test`); prints the ledger.
+soak: install
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -133,9 +133,11 @@ def openapi_document() -> dict[str, Any]:
                             }}},
                         },
                         "400": _error("malformed request or parameter"),
+                        "401": _error("API keys are configured and none (or a wrong one) was sent"),
                         "413": _error("too large"),
                         "415": _error("not a supported image (by content)"),
                         "422": _error("semantically invalid (target, model, colour, idempotency key reuse)"),
+                        "429": _error("the queue is full; retry after the Retry-After header's seconds"),
                         "503": _error("broker or storage unavailable"),
                     },
                 }
@@ -145,7 +147,8 @@ def openapi_document() -> dict[str, Any]:
                     "summary": "A job's status and result",
                     "operationId": "getJob",
                     "parameters": [_job_id_parameter()],
-                    "responses": {"200": job_response, "404": _error("unknown job"), "503": _error("unavailable")},
+                    "responses": {"200": job_response, "401": _error("missing or wrong API key"),
+                                  "404": _error("unknown job"), "503": _error("unavailable")},
                 },
                 "delete": {
                     "summary": "Cancel a queued job",
@@ -186,5 +189,9 @@ def openapi_document() -> dict[str, Any]:
             "/readyz": {"get": {"summary": "Broker and storage reachable", "operationId": "readyz",
                                 "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
         },
-        "components": {"schemas": {"Error": _ERROR, "Job": _JOB}},
+        "components": {
+            "schemas": {"Error": _ERROR, "Job": _JOB},
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "only when the service has API keys configured"}},
+        },
     }  # fmt: skip

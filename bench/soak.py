@@ -1,0 +1,201 @@
+"""Load and soak: concurrent clients against a real local stack, then the job ledger.
+
+    make soak                          # 8 clients, 400 jobs, 2 worker processes
+    .venv/bin/python bench/soak.py --clients 4 --jobs 60
+
+Jobs mix effects, sizes and invalid requests, and some are cancelled right after submission. Clients
+honour 429/503 with Retry-After (backpressure). Afterwards every accepted job must be in exactly one
+terminal state with at most one result object: the ledger prints accepted = succeeded + failed +
+cancelled, lost, stuck and duplicates, with p50/p95 latency and throughput.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import cv2
+import requests
+from skimage import data as samples
+
+from backdrop.service.jobs import JobStatus, JobStore
+from backdrop.service.localstack import LocalStack, free_port
+from backdrop.settings import Settings
+
+EFFECTS = [
+    {"effect": "blur"}, {"effect": "blur", "bokeh": "lens", "strength": "80"}, {"effect": "gray"},
+    {"effect": "color", "color": "#1E90FF"}, {"effect": "cutout"}, {"effect": "mask"},
+    {"effect": "blur", "targets": "cat"},
+]  # fmt: skip
+INVALID = [
+    ({"effect": "sparkle"}, None),
+    ({"targets": "dragon"}, None),
+    ({}, b"<html>not an image</html>"),
+]
+
+
+def photo(width: int, height: int, seed: int) -> bytes:
+    base = samples.astronaut() if seed % 2 else samples.chelsea()
+    image = cv2.resize(base[:, :, ::-1], (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+@dataclass
+class Ledger:
+    accepted: list[str] = field(default_factory=list)
+    refused: Counter = field(default_factory=Counter)
+    backpressure: int = 0
+    cancel_requests: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def client(api: str, jobs: int, seed: int, ledger: Ledger, photos: list[bytes], deadline: float) -> None:
+    rng = random.Random(seed)
+    session = requests.Session()
+    for _ in range(jobs):
+        if rng.random() < 0.1:
+            fields, image = rng.choice(INVALID)
+            image = image or photos[0]
+        else:
+            fields, image = dict(rng.choice(EFFECTS)), rng.choice(photos)
+        while True:
+            if time.monotonic() > deadline:
+                return
+            try:
+                response = session.post(f"{api}/v1/jobs", files={"image": ("p.jpg", image)}, data=fields, timeout=30)
+            except requests.RequestException:
+                time.sleep(0.5)
+                continue
+            if response.status_code in (429, 503):
+                with ledger.lock:
+                    ledger.backpressure += 1
+                time.sleep(float(response.headers.get("Retry-After", "1")) * rng.uniform(0.2, 0.6))
+                continue
+            break
+        if response.status_code != 202:
+            with ledger.lock:
+                ledger.refused[response.status_code] += 1
+            continue
+        job_id = response.json()["id"]
+        with ledger.lock:
+            ledger.accepted.append(job_id)
+        if rng.random() < 0.05:
+            session.delete(f"{api}/v1/jobs/{job_id}", timeout=10)
+            with ledger.lock:
+                ledger.cancel_requests += 1
+
+
+def result_counts(settings: Settings) -> Counter:
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+    )
+    counts: Counter = Counter()
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix="results/"):
+        for item in page.get("Contents", []):
+            counts[item["Key"].split("/", 1)[1].split(".", 1)[0]] += 1
+    return counts
+
+
+def run_soak(stack: LocalStack, *, clients: int, jobs: int, timeout_s: float = 600) -> dict:
+    settings = Settings.from_env(stack.env)
+    store = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
+    photos = [photo(640, 480, 1), photo(640, 480, 2), photo(1632, 1224, 3)]
+    ledger = Ledger()
+    started = time.monotonic()
+    deadline = started + timeout_s
+    threads = [
+        threading.Thread(target=client, args=(stack.api_url, jobs // clients, i, ledger, photos, deadline))
+        for i in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    submitted = time.monotonic()
+
+    records = {}
+    while time.monotonic() < deadline:
+        records = {job_id: store.get(job_id) for job_id in ledger.accepted}
+        if all(r is not None and r.status.finished for r in records.values()):
+            break
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+
+    statuses = Counter(r.status.value if r else "lost" for r in records.values())
+    failed_without_reason = sum(
+        1 for r in records.values() if r and r.status is JobStatus.FAILED and not (r.error or {}).get("code")
+    )
+    results = result_counts(settings)
+    duplicates = sum(1 for job_id in ledger.accepted if results.get(job_id, 0) > 1)
+    succeeded_without_result = sum(
+        1 for job_id, r in records.items() if r and r.status is JobStatus.SUCCEEDED and results.get(job_id, 0) != 1
+    )
+    latencies = sorted(
+        (r.finished_at - r.created_at) * 1e3 for r in records.values() if r and r.status is JobStatus.SUCCEEDED
+    )
+    report = {
+        "clients": clients,
+        "accepted": len(ledger.accepted),
+        "refused_4xx": dict(ledger.refused),
+        "backpressure_retries": ledger.backpressure,
+        "cancel_requests": ledger.cancel_requests,
+        "succeeded": statuses["succeeded"],
+        "failed": statuses["failed"],
+        "failed_without_reason": failed_without_reason,
+        "cancelled": statuses["cancelled"],
+        "lost": statuses["lost"],
+        "stuck": statuses["queued"] + statuses["running"],
+        "duplicates": duplicates,
+        "succeeded_without_one_result": succeeded_without_result,
+        "failure_codes": dict(Counter(r.error["code"] for r in records.values() if r and r.error)),
+        "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
+        "p95_ms": round(latencies[int(0.95 * (len(latencies) - 1))], 1) if latencies else None,
+        "throughput_jobs_per_s": round(statuses["succeeded"] / elapsed, 2),
+        "submit_s": round(submitted - started, 1),
+        "elapsed_s": round(elapsed, 1),
+    }
+    report["ledger_balanced"] = report["accepted"] == report["succeeded"] + report["failed"] + report["cancelled"]
+    return report
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--jobs", type=int, default=400)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--queue-limit", type=int, default=40, help="BACKDROP_MAX_QUEUE_DEPTH for the run")
+    args = parser.parse_args()
+    env = {**os.environ, "BACKDROP_THREADS": "1", "BACKDROP_MAX_QUEUE_DEPTH": str(args.queue_limit)}
+    with tempfile.TemporaryDirectory(prefix="backdrop-soak-") as root:
+        stack = LocalStack(root=Path(root), api_port=free_port(), workers=args.workers)
+        stack.start(env)
+        try:
+            report = run_soak(stack, clients=args.clients, jobs=args.jobs)
+        finally:
+            stack.stop()
+    width = max(len(k) for k in report)
+    for key, value in report.items():
+        print(f"{key:<{width}}  {value}")
+    healthy = report["ledger_balanced"] and not (
+        report["lost"] or report["stuck"] or report["duplicates"] or report["failed_without_reason"]
+    )
+    print("ledger:", "OK" if healthy else "BROKEN")
+    return 0 if healthy else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
