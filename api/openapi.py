@@ -117,6 +117,7 @@ def openapi_document() -> dict[str, Any]:
                                         "format": {"type": "string", "enum": [f.value for f in OutputFormat]},
                                         "quality": {"type": "string", "description": "1-100"},
                                         "keep_islands": {"type": "string", "enum": ["true", "false"]},
+                                        "keep_metadata": {"type": "string", "enum": ["true", "false"]},
                                     },
                                 }
                             }

@@ -30,7 +30,7 @@ def test_kubernetes_manifests_validate():
     manifests = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "deploy" / "k8s").glob("*.yaml"))
     result = run(str(BIN / "kubernetes-validate"), "--strict", *manifests)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.count("passed") == 4
+    assert result.stdout.count("passed") == 5
 
 
 def load_all(path: Path) -> list[dict]:
@@ -39,7 +39,8 @@ def load_all(path: Path) -> list[dict]:
 
 def test_keda_scales_the_worker_on_the_celery_queue():
     (scaled,) = load_all(ROOT / "deploy/k8s/keda-scaledobject.yaml")
-    (worker,) = load_all(ROOT / "deploy/k8s/worker.yaml")
+    worker, beat = load_all(ROOT / "deploy/k8s/worker.yaml")
+    assert beat["spec"]["replicas"] == 1
     (config,) = load_all(ROOT / "deploy/k8s/configmap.yaml")
     assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
     (trigger,) = scaled["spec"]["triggers"]
@@ -55,6 +56,7 @@ def test_every_configured_variable_is_a_real_setting():
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     gpu = yaml.safe_load((ROOT / "deploy/docker-compose.gpu.yml").read_text())
     names = set(compose["x-backdrop-env"]) | set(compose["services"]["worker"]["environment"])
+    assert compose["services"]["beat"]["command"][3] == "beat"
     names |= set(gpu["services"]["worker-gpu"]["environment"]) | set(gpu["services"]["api"]["environment"])
     (config,) = load_all(ROOT / "deploy/k8s/configmap.yaml")
     names |= set(config["data"])
