@@ -2,7 +2,7 @@
 
 Exit codes: 0 all done; 1 some inputs could not be processed (each is named on stderr);
 2 bad command line or parameters; 3 a model file could not be obtained; 4 an input or output file
-could not be read or written.
+could not be read or written; 5 (submit) the service could not be reached.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from backdrop.errors import BackdropError, ModelUnavailable, UnknownModel
 from backdrop.params import BLUR_LEVELS, Bokeh, Effect, JobParams
 from backdrop.settings import Settings
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_IO = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_IO, EXIT_SERVICE = 0, 1, 2, 3, 4, 5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 _SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
 
@@ -33,30 +33,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     process = commands.add_parser(
         "process",
-        help="blur, replace or cut out the background of photos",
+        help="blur, replace or cut out the background of photos, on this machine",
         description="Process photos or folders of photos. Settings come from BACKDROP_* environment variables.",
     )
-    process.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="photo files or folders")
-    process.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        help="output file (one input) or folder; default: beside each input, named NAME_backdrop.EXT",
+    _add_job_arguments(process)
+
+    submit = commands.add_parser(
+        "submit",
+        help="send photos to a running Backdrop service and download the results",
+        description="Submit photos or folders of photos to a Backdrop service, wait, and download the results.",
     )
-    process.add_argument("--effect", choices=[e.value for e in Effect], default="blur")
-    process.add_argument("--strength", help=f"1-100 or {'|'.join(BLUR_LEVELS)} (blur only; default 50)")
-    process.add_argument("--bokeh", choices=[b.value for b in Bokeh], help="blur kind (default gaussian)")
-    process.add_argument("--targets", default="person", help="classes to keep sharp, comma-separated (default person)")
-    process.add_argument("--model", help="segmentation model (default: chosen from the targets)")
-    process.add_argument("--background", type=Path, help="background image for --effect replace")
-    process.add_argument("--color", help="background colour #RRGGBB for --effect color")
-    process.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"], help="output format (default: input's)")
-    process.add_argument("--quality", help="JPEG/WebP quality 1-100 (default 90)")
-    process.add_argument("--keep-islands", action="store_true", help="keep small subject regions far from the main one")
-    process.add_argument(
-        "--keep-metadata", action="store_true", help="copy the input's EXIF (GPS included) to the output"
-    )
-    process.add_argument("--json", action="store_true", help="print one JSON report line per input on stdout")
+    _add_job_arguments(submit)
+    submit.add_argument("--url", help="the service (default: BACKDROP_URL or http://127.0.0.1:8080)")
+    submit.add_argument("--api-key", help="API key, when the service requires one (default: BACKDROP_API_KEY)")
+    submit.add_argument("--parallel", type=int, default=4, help="jobs in flight at once (default 4)")
+    submit.add_argument("--timeout", type=float, default=600, help="seconds to wait for each job (default 600)")
 
     models = commands.add_parser("models", help="list or fetch the segmentation models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
@@ -68,12 +59,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags shared by `process` (local) and `submit` (service): one per job parameter."""
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="photo files or folders")
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output file (one input) or folder; default: beside each input, named NAME_backdrop.EXT",
+    )
+    parser.add_argument("--effect", choices=[e.value for e in Effect], default="blur")
+    parser.add_argument("--strength", help=f"1-100 or {'|'.join(BLUR_LEVELS)} (blur only; default 50)")
+    parser.add_argument("--bokeh", choices=[b.value for b in Bokeh], help="blur kind (default gaussian)")
+    parser.add_argument("--targets", default="person", help="classes to keep sharp, comma-separated (default person)")
+    parser.add_argument("--model", help="segmentation model (default: chosen from the targets)")
+    parser.add_argument("--background", type=Path, help="background image for --effect replace")
+    parser.add_argument("--color", help="background colour #RRGGBB for --effect color")
+    parser.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"], help="output format (default: input's)")
+    parser.add_argument("--quality", help="JPEG/WebP quality 1-100 (default 90)")
+    parser.add_argument("--keep-islands", action="store_true", help="keep small subject regions far from the main one")
+    parser.add_argument(
+        "--keep-metadata", action="store_true", help="copy the input's EXIF (GPS included) to the output"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON report line per input on stdout")
+
+
+def _job_fields(args: argparse.Namespace) -> dict[str, str | None]:
+    """The job parameters as the strings JobParams.parse and the HTTP form take."""
+    fmt = args.format
+    if fmt is None and args.output is not None and len(args.inputs) == 1 and not args.inputs[0].is_dir():
+        fmt = _SUFFIX_FORMATS.get(args.output.suffix.lower())
+    return {
+        "effect": args.effect,
+        "strength": args.strength,
+        "bokeh": args.bokeh,
+        "targets": args.targets,
+        "model": args.model,
+        "color": args.color,
+        "format": fmt,
+        "quality": args.quality,
+        "keep_islands": "true" if args.keep_islands else None,
+        "keep_metadata": "true" if args.keep_metadata else None,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
         if args.command == "models":
             return _models(args, settings)
+        if args.command == "submit":
+            return _submit(args, settings)
         return _process(args, settings)
     except UsageError as exc:
         print(f"backdrop: {exc}", file=sys.stderr)
@@ -162,23 +199,7 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
 
     from backdrop.pipeline import Pipeline
 
-    fmt = args.format
-    if fmt is None and args.output is not None and len(args.inputs) == 1 and not args.inputs[0].is_dir():
-        fmt = _SUFFIX_FORMATS.get(args.output.suffix.lower())
-    params = JobParams.parse(
-        {
-            "effect": args.effect,
-            "strength": args.strength,
-            "bokeh": args.bokeh,
-            "targets": args.targets,
-            "model": args.model,
-            "color": args.color,
-            "format": fmt,
-            "quality": args.quality,
-            "keep_islands": "true" if args.keep_islands else None,
-            "keep_metadata": "true" if args.keep_metadata else None,
-        }
-    )
+    params = JobParams.parse(_job_fields(args))
     background = None
     if params.effect is Effect.REPLACE:
         if args.background is None:
@@ -221,6 +242,71 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
                 progress.write(f"{source} -> {target}  {_describe_found(result.detected, result.found)}")
     if io_failed:
         return EXIT_IO
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def _submit(args: argparse.Namespace, settings: Settings) -> int:
+    """Send photos to a service concurrently, wait for each job, download the results."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from tqdm import tqdm
+
+    from backdrop.client import ApiError, Client, JobFailed, ServiceUnavailable
+
+    fields = _job_fields(args)
+    JobParams.parse(fields)  # refuse bad flags here, before any upload
+    background = None
+    if args.effect == Effect.REPLACE.value:
+        if args.background is None:
+            raise UsageError("--effect replace needs --background FILE")
+        background = _read(args.background)
+        if background is None:
+            return EXIT_IO
+    inputs = _collect_inputs(args.inputs)
+    single_file = len(args.inputs) == 1 and args.inputs[0].is_file()
+    url, api_key = args.url or settings.client_url, args.api_key or settings.client_api_key
+    client = Client(url, api_key=api_key)
+    try:
+        Client(url, api_key=api_key, retries=1).models()  # fail fast when the service is not there or the key is wrong
+    except ServiceUnavailable as exc:
+        print(f"backdrop: {exc.message}", file=sys.stderr)
+        return EXIT_SERVICE
+    except ApiError as exc:
+        print(f"backdrop: {exc.code}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def one(source: Path) -> tuple[Path, Path, dict]:
+        job = client.submit(source, background=background, **{k: v for k, v in fields.items() if v is not None})
+        job.wait(timeout=args.timeout)
+        extension = job.result["content_type"].split("/")[1].replace("jpeg", "jpg")  # type: ignore[index]
+        target = _output_for(source, args.output, single_file, extension)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        job.download(target)
+        return source, target, job.data
+
+    failed = 0
+    with (
+        ThreadPoolExecutor(max_workers=max(1, args.parallel)) as pool,
+        tqdm(total=len(inputs), unit="photo", disable=len(inputs) < 2 or None, file=sys.stderr) as progress,
+    ):
+        futures = {pool.submit(one, source): source for source in inputs}
+        for future in as_completed(futures):
+            progress.update()
+            source = futures[future]
+            try:
+                _, target, job = future.result()
+            except JobFailed as exc:
+                failed += 1
+                progress.write(f"backdrop: {source}: {exc.code}: {exc.message}", file=sys.stderr)
+                continue
+            except (ApiError, TimeoutError, OSError) as exc:
+                failed += 1
+                progress.write(f"backdrop: {source}: {exc}", file=sys.stderr)
+                continue
+            if args.json:
+                print(json.dumps({"input": str(source), "output": str(target), **job}), flush=True)
+            else:
+                progress.write(f"{source} -> {target}  {_describe_found(job['detected'] or {}, bool(job['found']))}")
     return EXIT_SOME_FAILED if failed else EXIT_OK
 
 

@@ -101,6 +101,10 @@ class Settings:
     port: int = 8080
     workers: int = 2
 
+    # `backdrop submit` and the Python client.
+    client_url: str = "http://127.0.0.1:8080"
+    client_api_key: str | None = field(default=None, repr=False)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
@@ -173,6 +177,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_queue_depth": ("BACKDROP_MAX_QUEUE_DEPTH", int),
     "api_keys": ("BACKDROP_API_KEYS", lambda text: tuple(k.strip() for k in text.split(",") if k.strip())),
     "fault_injection": ("BACKDROP_FAULT_INJECTION", parse_bool),
+    "client_url": ("BACKDROP_URL", str),
+    "client_api_key": ("BACKDROP_API_KEY", str),
     "port": ("PORT", _positive_int),
     "workers": ("WORKERS", _positive_int),
 }

@@ -38,4 +38,5 @@ def make_celery(settings: Settings) -> Celery:
 
 def enqueue(app: Celery, job_id: str, queue: str) -> None:
     """Publish one job message; fails fast (no retry loop) so the API can answer 503."""
-    app.send_task(PROCESS_TASK, args=[job_id], queue=queue, retry=False)
+    # The Celery task id is the job id, so Celery's own log lines name the job too.
+    app.send_task(PROCESS_TASK, args=[job_id], task_id=job_id, queue=queue, retry=False)
