@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from backdrop.errors import BackdropError
+from backdrop.service.observability import REQUESTS_REJECTED
 
 log = logging.getLogger("backdrop.api")
 
@@ -48,6 +49,7 @@ class ApiError(BackdropError):
 
 
 def error_response(code: str, message: str, status: int | None = None):
+    REQUESTS_REJECTED.labels(code).inc()
     response = jsonify({"error": {"code": code, "message": message}})
     response.status_code = status or STATUS_BY_CODE.get(code, 400)
     if response.status_code in (429, 503):

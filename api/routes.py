@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import re
 import time
 import uuid
@@ -22,9 +23,11 @@ from backdrop.models.registry import DEFAULT_GENERAL_MODEL, DEFAULT_PERSON_MODEL
 from backdrop.params import Effect, JobParams
 from backdrop.probe import probe_image
 from backdrop.service.jobs import JobRecord, JobStatus
+from backdrop.service.observability import JOBS_SUBMITTED, QueueDepthCollector, render_metrics
 from backdrop.service.queue import enqueue
 
 blueprint = Blueprint("v1", __name__)
+log = logging.getLogger("backdrop.api")
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 _IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
@@ -43,6 +46,32 @@ def _iso(timestamp: float | None) -> str | None:
 
 def _links(job_id: str) -> dict[str, str]:
     return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
+
+
+@blueprint.before_request
+def start_request() -> None:
+    g.started = time.perf_counter()
+    job_id = (request.view_args or {}).get("job_id")
+    g.job_id = job_id if isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) else None
+
+
+@blueprint.after_request
+def log_request(response: Response) -> Response:
+    if request.path not in ("/healthz", "/metrics"):
+        log.info(
+            "%s %s %s",
+            request.method,
+            request.path,
+            response.status_code,
+            extra={
+                "job_id": getattr(g, "job_id", None),
+                "method": request.method,
+                "path": request.path,
+                "status": response.status_code,
+                "duration_ms": round((time.perf_counter() - getattr(g, "started", time.perf_counter())) * 1e3, 2),
+            },
+        )
+    return response
 
 
 @blueprint.before_request
@@ -156,6 +185,7 @@ def submit_job() -> Response:
         raise ApiError(f"the queue holds {settings.max_queue_depth} or more jobs; try again later", code="queue_full")
 
     job_id = uuid.uuid4().hex
+    g.job_id = job_id
     if idempotency_key is not None:
         idempotency_key = f"{g.owner or ''}:{idempotency_key}"  # keys are per API key
         earlier = svc.jobs.claim_idempotency_key(idempotency_key, _fingerprint(params, image, background), job_id)
@@ -164,7 +194,7 @@ def submit_job() -> Response:
             if record is not None and record.owner == g.owner:
                 return _accepted(record)
             # The earlier request with this key failed before its job was recorded: this one takes over.
-            job_id = earlier
+            job_id = g.job_id = earlier
 
     record = JobRecord(
         id=job_id,
@@ -190,6 +220,7 @@ def submit_job() -> Response:
             with contextlib.suppress(Exception):  # else the key expires with the job TTL
                 svc.jobs.release_idempotency_key(idempotency_key)
         raise
+    JOBS_SUBMITTED.labels(params.effect.value).inc()
     return _accepted(record)
 
 
@@ -273,6 +304,14 @@ def readyz() -> Response:
     response = jsonify({"status": "ready" if ready else "unavailable", "checks": checks})
     response.status_code = 200 if ready else 503
     return response
+
+
+@blueprint.get("/metrics")
+def metrics() -> Response:
+    settings = services().settings
+    queues = sorted({settings.queue, *(queue for _, queue in settings.queue_routes)})
+    body, content_type = render_metrics(QueueDepthCollector(services().jobs.queue_depth, queues))
+    return Response(body, content_type=content_type)
 
 
 @blueprint.get("/openapi.json")

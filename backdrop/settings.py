@@ -100,6 +100,9 @@ class Settings:
     fault_injection: bool = False
     port: int = 8080
     workers: int = 2
+    flower: bool = False
+    log_level: str = "INFO"
+    worker_metrics_port: int = 9808
 
     # `backdrop submit` and the Python client.
     client_url: str = "http://127.0.0.1:8080"
@@ -180,5 +183,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "client_url": ("BACKDROP_URL", str),
     "client_api_key": ("BACKDROP_API_KEY", str),
     "port": ("PORT", _positive_int),
+    "flower": ("FLOWER", parse_bool),
+    "log_level": ("BACKDROP_LOG_LEVEL", str.upper),
+    "worker_metrics_port": ("BACKDROP_WORKER_METRICS_PORT", int),
     "workers": ("WORKERS", _positive_int),
 }

@@ -9,16 +9,32 @@ nothing is loaded before the fork; a GPU worker runs ``--pool solo`` (one proces
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
-from celery.signals import worker_init, worker_process_init
+from celery.signals import (
+    setup_logging,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import get_model
 from backdrop.pipeline import Pipeline
 from backdrop.service.jobs import JobStore
+from backdrop.service.observability import (
+    JOB_FAILURES,
+    JOBS_PROCESSED,
+    MODEL_LOAD_SECONDS,
+    configure_logging,
+    current_job_id,
+    metrics_registry,
+)
 from backdrop.service.queue import PROCESS_TASK, SWEEP_TASK, make_celery
 from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
@@ -43,6 +59,7 @@ def runner() -> JobRunner:
         storage = open_storage(settings)
         jobs = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
         _runner = JobRunner(settings, pipeline, storage, jobs)
+        MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
         log.info(
             "worker %s ready: %d model files loaded in %.0f ms",
             _runner.worker_id,
@@ -52,11 +69,49 @@ def runner() -> JobRunner:
     return _runner
 
 
+@setup_logging.connect
+def json_logs(**_: object) -> None:
+    """Replaces Celery's own logging set-up: every line is JSON, job lines carry the job id."""
+    configure_logging("worker", settings.log_level)
+
+
 @worker_init.connect
 def fetch_models(**_: object) -> None:
     for name in settings.worker_models:
         for variant in get_model(name).variants:
             resolve_model_file(variant.file, settings)
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.worker_metrics_port, registry=metrics_registry())
+            log.info("worker metrics on port %d", settings.worker_metrics_port)
+        except OSError as exc:  # e.g. a second worker node on the same machine
+            log.warning("worker metrics not served: port %d: %s", settings.worker_metrics_port, exc)
+
+
+@worker_process_shutdown.connect
+def forget_process_metrics(pid: int | None = None, **_: object) -> None:
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid is not None:
+        multiprocess.mark_process_dead(pid)
+
+
+_job_tokens: dict[str, object] = {}
+
+
+@task_prerun.connect
+def enter_job(task_id: str | None = None, args: tuple = (), **_: object) -> None:
+    if args and task_id:
+        _job_tokens[task_id] = current_job_id.set(str(args[0]))
+
+
+@task_postrun.connect
+def leave_job(task_id: str | None = None, **_: object) -> None:
+    token = _job_tokens.pop(task_id or "", None)
+    if token is not None:
+        current_job_id.reset(token)  # type: ignore[arg-type]
 
 
 @worker_process_init.connect
@@ -75,7 +130,11 @@ class JobTask(Task):
         record = _parent_jobs.get(str(args[0]))
         if record is not None:
             limit = settings.task_time_limit_s
-            _parent_jobs.fail(record, "timeout", f"the job ran past the {limit} s hard limit; its process was replaced")
+            if _parent_jobs.fail(
+                record, "timeout", f"the job ran past the {limit} s hard limit; its process was replaced"
+            ):
+                JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
+                JOB_FAILURES.labels("timeout").inc()
 
 
 @app.task(name=PROCESS_TASK, base=JobTask)

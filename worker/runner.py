@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from backdrop.errors import BackdropError
 from backdrop.pipeline import Pipeline
 from backdrop.service.jobs import BrokerUnavailable, JobRecord, JobStore, ResultObject
+from backdrop.service.observability import BATCH_SIZE, JOB_FAILURES, JOBS_PROCESSED, observe_stages
 from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
 from backdrop.settings import Settings
 from worker import faults
@@ -94,7 +95,10 @@ class JobRunner:
             return self._fail(record, "internal_error", f"processing failed unexpectedly ({type(exc).__name__})")
 
     def _fail(self, record: JobRecord, code: str, message: str) -> str:
-        self._with_retries(lambda: self.jobs.fail(record, code, message))
+        log.warning("job failed: %s: %s", code, message)
+        if self._with_retries(lambda: self.jobs.fail(record, code, message)):
+            JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
+            JOB_FAILURES.labels(code).inc()
         return "failed"
 
     def _process(self, record: JobRecord) -> str:
@@ -137,6 +141,10 @@ class JobRunner:
         )
         if not recorded:
             return "skipped"
+        JOBS_PROCESSED.labels(record.params.effect.value, "succeeded").inc()
+        BATCH_SIZE.observe(1)  # one image per model run on CPU workers
+        observe_stages(timings)
+        log.info("job succeeded in %.0f ms", sum(timings.values()))
         inputs = [k for k in (record.input_key, record.background_key) if k]
         try:
             self.storage.delete(*inputs)

@@ -260,10 +260,25 @@ def start_api(env: Mapping[str, str], *, port: int, log_path: Path | None, proce
     command = [
         sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", f"{HOST}:{port}",
         "--workers", str(processes), "--worker-class", "gthread", "--threads", "8",
-        "--timeout", "60", "--graceful-timeout", "20", "--access-logfile", "-",
+        "--timeout", "60", "--graceful-timeout", "20",
     ]  # fmt: skip
     process = _spawn("api", command, log_path=log_path, env=env)
     _wait_until(lambda: _http_answers(f"http://{HOST}:{port}/healthz"), f"API on port {port}", process, 30)
+    return process
+
+
+def _with_metrics_dir(env: Mapping[str, str], folder: Path) -> dict[str, str]:
+    """prometheus-client's multiprocess mode: one folder per server, emptied at start (stale samples
+    of dead processes would otherwise be summed in)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return {**env, "PROMETHEUS_MULTIPROC_DIR": str(folder)}
+
+
+def start_flower(env: Mapping[str, str], *, port: int, log_path: Path | None) -> ManagedProcess:
+    command = [sys.executable, "-m", "celery", "-A", "worker.app", "flower", f"--port={port}", f"--address={HOST}"]
+    process = _spawn("flower", command, log_path=log_path, env=env)
+    _wait_until(lambda: _http_answers(f"http://{HOST}:{port}/"), f"Flower on port {port}", process, 60)
     return process
 
 
@@ -276,6 +291,8 @@ class LocalStack:
     s3_port: int = 0
     bucket: str = "backdrop"
     credentials: S3Credentials = field(default_factory=S3Credentials.generate)
+    worker_metrics_port: int = 0
+    flower_port: int = 0
     processes: list[ManagedProcess] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
@@ -298,10 +315,12 @@ class LocalStack:
                 credentials=self.credentials,
                 bucket=self.bucket,
             )
+            self.env.setdefault("BACKDROP_WORKER_METRICS_PORT", str(self.worker_metrics_port or free_port()))
+            self.worker_metrics_port = int(self.env["BACKDROP_WORKER_METRICS_PORT"])
             worker_log = logs / "worker.log" if log_services_to_files else None
             queues = Settings.from_env(self.env).queue
             worker = start_workers(
-                self.env,
+                _with_metrics_dir(self.env, self.root / "metrics" / "worker"),
                 concurrency=self.workers,
                 queues=queues,
                 log_path=worker_log,
@@ -309,7 +328,10 @@ class LocalStack:
             )
             self.processes.append(worker)
             api_log = logs / "api.log" if log_services_to_files else None
-            self.processes.append(start_api(self.env, port=self.api_port, log_path=api_log))
+            api_env = _with_metrics_dir(self.env, self.root / "metrics" / "api")
+            self.processes.append(start_api(api_env, port=self.api_port, log_path=api_log))
+            if self.flower_port:
+                self.processes.append(start_flower(self.env, port=self.flower_port, log_path=logs / "flower.log"))
             if worker_log is not None:
                 wait_for_workers(worker, self.workers)
         except BaseException:
@@ -359,6 +381,8 @@ def main() -> int:
         workers=settings.workers,
         redis_port=port_or_free(6379),
         s3_port=port_or_free(8333),
+        worker_metrics_port=port_or_free(settings.worker_metrics_port),
+        flower_port=port_or_free(5555) if settings.flower else 0,
     )
     stopping = False
 
@@ -377,10 +401,14 @@ def main() -> int:
     except StackError as exc:
         print(f"backdrop: could not start the stack: {exc}", file=sys.stderr)
         return 1
+    flower = f"  Flower:    http://{HOST}:{stack.flower_port}\n" if stack.flower_port else ""
     print(
         f"\n  Backdrop is running.\n"
+        f"  Web page:  {stack.api_url}/\n"
         f"  API:       {stack.api_url}   (try: curl {stack.api_url}/v1/models)\n"
         f"  OpenAPI:   {stack.api_url}/openapi.json\n"
+        f"  Metrics:   {stack.api_url}/metrics (API), http://{HOST}:{stack.worker_metrics_port}/ (workers)\n"
+        f"{flower}"
         f"  Redis:     redis://{HOST}:{stack.redis_port}/0\n"
         f"  S3:        http://{HOST}:{stack.s3_port}  bucket {stack.bucket}\n"
         f"  Logs:      {root / 'log'}\n\n"
