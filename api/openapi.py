@@ -45,6 +45,7 @@ _JOB = {
             "required": ["url", "content_type", "width", "height", "bytes", "expires_at"],
             "properties": {
                 "url": {"type": "string"},
+                "download_url": {"type": "string", "description": "the same, saved as a file by browsers"},
                 "content_type": {"type": "string"},
                 "width": {"type": "integer"},
                 "height": {"type": "integer"},

@@ -107,8 +107,11 @@ def present(record: JobRecord) -> dict[str, Any]:
     result = None
     if record.status is JobStatus.SUCCEEDED and record.result is not None:
         expiry = settings.result_url_expiry_s
+        storage = services().storage
+        name = f"backdrop-{record.id[:8]}.{record.result.key.rsplit('.', 1)[-1]}"
         result = {
-            "url": services().storage.presign_get(record.result.key, expiry),
+            "url": storage.presign_get(record.result.key, expiry),
+            "download_url": storage.presign_get(record.result.key, expiry, download_name=name),
             "content_type": record.result.content_type,
             "width": record.result.width,
             "height": record.result.height,
@@ -283,6 +286,12 @@ def list_models() -> Response:
             "effects": [e.value for e in Effect],
         }
     )
+
+
+@blueprint.get("/")
+def web_page() -> Response:
+    """The web page: plain HTML, CSS and JS that use only the public /v1 API."""
+    return current_app.send_static_file("index.html")
 
 
 @blueprint.get("/healthz")

@@ -26,8 +26,9 @@ class Storage(Protocol):
 
     def delete(self, *keys: str) -> None: ...
 
-    def presign_get(self, key: str, expires_s: int) -> str:
-        """A URL anyone holding it can GET for ``expires_s`` seconds (objects are private otherwise)."""
+    def presign_get(self, key: str, expires_s: int, download_name: str | None = None) -> str:
+        """A URL anyone holding it can GET for ``expires_s`` seconds (objects are private otherwise); with
+        ``download_name``, browsers save the object under that name instead of showing it."""
         ...
 
     def ping(self) -> None:
@@ -105,12 +106,11 @@ class S3Storage:
             objects = [{"Key": key} for key in keys]
             self._call(lambda: self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects}))
 
-    def presign_get(self, key: str, expires_s: int) -> str:
-        return str(
-            self._signer.generate_presigned_url(
-                "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_s
-            )
-        )
+    def presign_get(self, key: str, expires_s: int, download_name: str | None = None) -> str:
+        params = {"Bucket": self.bucket, "Key": key}
+        if download_name:
+            params["ResponseContentDisposition"] = f'attachment; filename="{download_name}"'
+        return str(self._signer.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s))
 
     def ping(self) -> None:
         self.ensure_bucket()
