@@ -18,8 +18,12 @@ RUN BACKDROP_MODEL_MIRRORS=/opt/backdrop/mirror backdrop models fetch --all \
     && rm -rf /opt/backdrop/mirror \
     && useradd --system --uid 10001 --no-create-home backdrop
 
+COPY deploy/entrypoint.sh /usr/local/bin/backdrop-entrypoint
+ENV PROMETHEUS_MULTIPROC_DIR=/tmp/backdrop-metrics
 USER backdrop
+ENTRYPOINT ["backdrop-entrypoint"]
 # One inference thread per prefork process; scale with --concurrency or more containers.
 ENV BACKDROP_THREADS=1
+EXPOSE 9808
 CMD ["celery", "-A", "worker.app", "worker", "--pool", "prefork", "--concurrency", "2", \
      "--queues", "backdrop", "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
