@@ -26,6 +26,23 @@ def decode_rgb(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB" if image.mode not in ("RGBA", "L") else image.mode))
 
 
+def eventually_missing(storage, key: str, timeout_s: float = 10) -> None:
+    """Wait until ``key`` is gone from storage (workers delete uploads just after recording the outcome)."""
+    import time
+
+    from backdrop.service.storage import ObjectNotFound
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            storage.get(key)
+        except ObjectNotFound:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{key} still in storage after {timeout_s} s")
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="session")
 def settings() -> Settings:
     return Settings.from_env()

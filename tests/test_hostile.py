@@ -13,6 +13,7 @@ from backdrop.service.jobs import JobRecord, JobStatus, JobStore
 from backdrop.service.queue import enqueue, make_celery
 from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
+from tests.conftest import eventually_missing
 from tests.hostile import IMAGE_ERROR_CODES, Case, corpus
 
 pytestmark = pytest.mark.integration
@@ -92,6 +93,7 @@ def test_workers_refuse_hostile_inputs_that_bypass_the_api(stack):
     for name, job_id in ids:
         job = wait_finished(stack, job_id)
         assert job["status"] == "failed" and job["error"]["code"] in IMAGE_ERROR_CODES, (name, job)
+        eventually_missing(storage, f"inputs/{job_id}")  # a failed job's upload is not kept either
 
 
 def test_service_healthy_after_the_corpus(stack, astronaut_jpeg):

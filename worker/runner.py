@@ -78,6 +78,8 @@ class JobRunner:
             return "exhausted"
         if decision.action != "run":
             log.info("job %s skipped: %s", job_id, decision.action)
+            if decision.action == "cancelled" and (record := self.jobs.get(job_id)) is not None:
+                self._delete_inputs(record)
             return "skipped"
         record = self._with_retries(lambda: self.jobs.get(job_id))
         if record is None:  # expired between start and get
@@ -99,7 +101,16 @@ class JobRunner:
         if self._with_retries(lambda: self.jobs.fail(record, code, message)):
             JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
             JOB_FAILURES.labels(code).inc()
+            self._delete_inputs(record)
         return "failed"
+
+    def _delete_inputs(self, record: JobRecord) -> None:
+        """Uploads are kept only while a job may still need them; the sweep catches what this misses."""
+        inputs = [k for k in (record.input_key, record.background_key) if k]
+        try:
+            self.storage.delete(*inputs)
+        except StorageUnavailable:
+            log.warning("job %s: inputs could not be deleted now; the periodic sweep removes them", record.id)
 
     def _process(self, record: JobRecord) -> str:
         started = time.perf_counter()
@@ -145,9 +156,5 @@ class JobRunner:
         BATCH_SIZE.observe(1)  # one image per model run on CPU workers
         observe_stages(timings)
         log.info("job succeeded in %.0f ms", sum(timings.values()))
-        inputs = [k for k in (record.input_key, record.background_key) if k]
-        try:
-            self.storage.delete(*inputs)
-        except StorageUnavailable:
-            log.warning("job %s: inputs could not be deleted and stay in storage", record.id)
+        self._delete_inputs(record)
         return "succeeded"
