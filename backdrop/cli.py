@@ -27,6 +27,10 @@ class UsageError(Exception):
     pass
 
 
+class UnreadableFile(Exception):
+    """A file the command needs could not be read (already reported on stderr)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backdrop", description="Portrait mode for your photos.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"backdrop: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except UnreadableFile:
+        return EXIT_IO
     except (ModelUnavailable, UnknownModel) as exc:
         print(f"backdrop: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_MODEL if isinstance(exc, ModelUnavailable) else EXIT_USAGE
@@ -186,6 +192,22 @@ def _collect_inputs(paths: list[Path]) -> list[Path]:
     return found
 
 
+def _job_inputs(args: argparse.Namespace, params: JobParams) -> tuple[bytes | None, list[Path], bool]:
+    """The background (for replace), the photos to process, and whether the one input is a single file."""
+    background = None
+    if params.effect is Effect.REPLACE:
+        if args.background is None:
+            raise UsageError("--effect replace needs --background FILE")
+        background = _read(args.background)
+        if background is None:
+            raise UnreadableFile(str(args.background))
+    inputs = _collect_inputs(args.inputs)
+    single_file = len(args.inputs) == 1 and args.inputs[0].is_file()
+    if not single_file and args.output is not None and args.output.is_file():
+        raise UsageError(f"{args.output}: several inputs need an output folder, and this is a file")
+    return background, inputs, single_file
+
+
 def _output_for(source: Path, output: Path | None, single_file: bool, ext: str) -> Path:
     if output is None:
         return source.with_name(f"{source.stem}_backdrop.{ext}")
@@ -200,17 +222,7 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     from backdrop.pipeline import Pipeline
 
     params = JobParams.parse(_job_fields(args))
-    background = None
-    if params.effect is Effect.REPLACE:
-        if args.background is None:
-            raise UsageError("--effect replace needs --background FILE")
-        background = _read(args.background)
-        if background is None:
-            return EXIT_IO
-    inputs = _collect_inputs(args.inputs)
-    single_file = len(args.inputs) == 1 and args.inputs[0].is_file()
-    if not single_file and args.output is not None and args.output.is_file():
-        raise UsageError(f"{args.output}: several inputs need an output folder, and this is a file")
+    background, inputs, single_file = _job_inputs(args, params)
 
     pipeline = Pipeline(settings)
     failed = io_failed = 0
@@ -254,16 +266,7 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from backdrop.client import ApiError, Client, JobFailed, ServiceUnavailable
 
     fields = _job_fields(args)
-    JobParams.parse(fields)  # refuse bad flags here, before any upload
-    background = None
-    if args.effect == Effect.REPLACE.value:
-        if args.background is None:
-            raise UsageError("--effect replace needs --background FILE")
-        background = _read(args.background)
-        if background is None:
-            return EXIT_IO
-    inputs = _collect_inputs(args.inputs)
-    single_file = len(args.inputs) == 1 and args.inputs[0].is_file()
+    background, inputs, single_file = _job_inputs(args, JobParams.parse(fields))  # bad flags fail before uploads
     url, api_key = args.url or settings.client_url, args.api_key or settings.client_api_key
     client = Client(url, api_key=api_key)
     try:

@@ -23,13 +23,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import cv2
 import requests
 from skimage import data as samples
 
 from backdrop.service.jobs import JobStatus, JobStore
 from backdrop.service.localstack import LocalStack, free_port
+from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
 
 EFFECTS = [
@@ -96,18 +96,9 @@ def client(api: str, jobs: int, seed: int, ledger: Ledger, photos: list[bytes], 
 
 
 def result_counts(settings: Settings) -> Counter:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-    )
-    counts: Counter = Counter()
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.s3_bucket, Prefix="results/"):
-        for item in page.get("Contents", []):
-            counts[item["Key"].split("/", 1)[1].split(".", 1)[0]] += 1
-    return counts
+    """Result objects per job id."""
+    keys = open_storage(settings).list_keys("results/")
+    return Counter(key.split("/", 1)[1].split(".", 1)[0] for key in keys)
 
 
 def run_soak(stack: LocalStack, *, clients: int, jobs: int, timeout_s: float = 600) -> dict:

@@ -14,13 +14,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import boto3
 import pytest
 import requests
 from celery import Celery
 
 from backdrop.service.jobs import JobRecord, JobStatus, JobStore
 from backdrop.service.localstack import LocalStack, free_port, start_workers, wait_for_workers
+from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
 from worker.faults import marker
 
@@ -94,15 +94,7 @@ def finished(store: JobStore, job_id: str, timeout_s: float = 60) -> JobRecord:
 
 
 def result_objects(settings: Settings, job_id: str) -> list[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-    )
-    listing = s3.list_objects_v2(Bucket=settings.s3_bucket, Prefix=f"results/{job_id}")
-    return [o["Key"] for o in listing.get("Contents", [])]
+    return open_storage(settings).list_keys(f"results/{job_id}")
 
 
 def pid_of(record: JobRecord) -> int:

@@ -15,19 +15,10 @@ from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
 from tests.conftest import eventually_missing
 from tests.hostile import IMAGE_ERROR_CODES, Case, corpus
+from tests.test_service import wait
 
 pytestmark = pytest.mark.integration
 CORPUS = corpus()
-
-
-def wait_finished(stack, job_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = requests.get(f"{stack.api_url}/v1/jobs/{job_id}", timeout=10).json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish")
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c.name for c in CORPUS])
@@ -45,7 +36,7 @@ def test_api_answers_every_hostile_upload(stack, case: Case):
         assert response.json()["error"]["code"]
         return
     assert response.status_code == 202, response.text
-    job = wait_finished(stack, response.json()["id"])
+    job = wait(stack, response.json()["id"])
     if case.expect == "ok":
         assert job["status"] == "succeeded", job["error"]
         if case.name.startswith("exif orientation"):
@@ -91,7 +82,7 @@ def test_workers_refuse_hostile_inputs_that_bypass_the_api(stack):
         enqueue(celery, job_id, settings.queue)
         ids.append((case.name, job_id))
     for name, job_id in ids:
-        job = wait_finished(stack, job_id)
+        job = wait(stack, job_id)
         assert job["status"] == "failed" and job["error"]["code"] in IMAGE_ERROR_CODES, (name, job)
         eventually_missing(storage, f"inputs/{job_id}")  # a failed job's upload is not kept either
 
@@ -99,5 +90,5 @@ def test_workers_refuse_hostile_inputs_that_bypass_the_api(stack):
 def test_service_healthy_after_the_corpus(stack, astronaut_jpeg):
     assert requests.get(f"{stack.api_url}/readyz", timeout=10).status_code == 200
     job = requests.post(f"{stack.api_url}/v1/jobs", files={"image": ("a.jpg", astronaut_jpeg)}, timeout=10).json()
-    assert wait_finished(stack, job["id"])["status"] == "succeeded"
+    assert wait(stack, job["id"])["status"] == "succeeded"
     assert all(process.alive() for process in stack.processes)

@@ -9,6 +9,8 @@ import time
 import pytest
 import requests
 
+from tests.test_service import wait
+
 pytestmark = pytest.mark.integration
 
 
@@ -19,22 +21,12 @@ def metric(text: str, name: str, **labels: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def finish(stack, job_id: str) -> dict:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = requests.get(f"{stack.api_url}/v1/jobs/{job_id}", timeout=10).json()
-        if job["status"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError("job did not finish")
-
-
 def test_metrics_and_logs(stack, astronaut_jpeg):
     before = requests.get(f"{stack.api_url}/metrics", timeout=10).text
     job_id = requests.post(
         f"{stack.api_url}/v1/jobs", files={"image": ("a.jpg", astronaut_jpeg)}, data={"effect": "gray"}, timeout=10
     ).json()["id"]
-    assert finish(stack, job_id)["status"] == "succeeded"
+    assert wait(stack, job_id)["status"] == "succeeded"
     requests.post(f"{stack.api_url}/v1/jobs", files={"image": ("x.jpg", b"<html/>")}, timeout=10)
 
     api = requests.get(f"{stack.api_url}/metrics", timeout=10)

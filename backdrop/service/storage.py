@@ -39,6 +39,8 @@ class Storage(Protocol):
         """Delete objects under ``prefix`` last modified before ``cutoff`` (epoch seconds); returns how many."""
         ...
 
+    def list_keys(self, prefix: str) -> list[str]: ...
+
 
 class S3Storage:
     """Private objects in one bucket; clients only ever see presigned URLs."""
@@ -115,11 +117,16 @@ class S3Storage:
     def ping(self) -> None:
         self.ensure_bucket()
 
-    def delete_older_than(self, prefix: str, cutoff: float) -> int:
-        expired: list[str] = []
+    def _objects(self, prefix: str) -> list[dict]:
         paginator = self._client.get_paginator("list_objects_v2")
-        for page in self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))):  # type: ignore[union-attr]
-            expired.extend(o["Key"] for o in page.get("Contents", []) if o["LastModified"].timestamp() < cutoff)
+        pages = self._call(lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix)))
+        return [item for page in pages for item in page.get("Contents", [])]  # type: ignore[union-attr]
+
+    def list_keys(self, prefix: str) -> list[str]:
+        return [item["Key"] for item in self._objects(prefix)]
+
+    def delete_older_than(self, prefix: str, cutoff: float) -> int:
+        expired = [item["Key"] for item in self._objects(prefix) if item["LastModified"].timestamp() < cutoff]
         for start in range(0, len(expired), 1000):  # the S3 limit per DeleteObjects call
             self.delete(*expired[start : start + 1000])
         return len(expired)
