@@ -68,6 +68,8 @@ class Settings:
     model_download_timeout_s: float = 30.0
     model_pip_args: tuple[str, ...] = ()
     engine: str = "litert"
+    batch_size: int = 1
+    batch_wait_ms: float = 10.0
     confirm_targets: bool = True
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_image_bytes: int = 30 * 1024 * 1024
@@ -152,6 +154,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model_download_timeout_s": ("BACKDROP_MODEL_DOWNLOAD_TIMEOUT_S", _positive_float),
     "model_pip_args": ("BACKDROP_MODEL_PIP_ARGS", lambda text: tuple(shlex.split(text))),
     "engine": ("BACKDROP_ENGINE", str.lower),
+    "batch_size": ("BACKDROP_BATCH_SIZE", _positive_int),
+    "batch_wait_ms": ("BACKDROP_BATCH_WAIT_MS", _positive_float),
     "confirm_targets": ("BACKDROP_CONFIRM_TARGETS", parse_bool),
     "threads": ("BACKDROP_THREADS", _positive_int),
     "max_image_bytes": ("BACKDROP_MAX_IMAGE_BYTES", _positive_int),

@@ -238,3 +238,21 @@ def test_errors_are_json_everywhere(stack):
     assert response.status_code == 404 and response.json()["error"]["code"] == "not_found"
     response = requests.put(f"{stack.api_url}/v1/jobs", timeout=10)
     assert response.status_code == 405 and response.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_threads_pool_worker_with_micro_batching(stack, astronaut_jpeg, chelsea):
+    """One worker process running four jobs at once on threads, its model runs batched."""
+    from backdrop.service.localstack import start_workers
+
+    env = {**stack.env, "BACKDROP_BATCH_SIZE": "4", "BACKDROP_BATCH_WAIT_MS": "30", "BACKDROP_WORKER_METRICS_PORT": "0"}
+    log_path = stack.root / "log" / "threads.log"
+    node = start_workers(env, concurrency=4, queues="backdrop", log_path=log_path, name="threads", pool="threads")
+    try:
+        with consumption_paused(stack):  # only the threads node takes these jobs
+            ids = [submit(stack, photo).json()["id"] for photo in [astronaut_jpeg, encode_rgb(chelsea)] * 4]
+            jobs = [wait(stack, job_id, timeout_s=120) for job_id in ids]
+        assert all(job["status"] == "succeeded" for job in jobs)
+        assert len({job_store(stack).get(job_id).worker for job_id in ids}) == 1  # one process did them all
+        assert node.log_text().count("model files loaded") == 1  # loaded once, shared by the threads
+    finally:
+        node.stop()

@@ -3,13 +3,15 @@
 Model files are fetched and verified once in the parent process (``worker_init``); each prefork child
 creates its interpreters after the fork (``worker_process_init``, which must finish in a few seconds:
 creating interpreters from local files takes well under one). Inference runtimes are not fork-safe, so
-nothing is loaded before the fork; a GPU worker runs ``--pool solo`` (one process per GPU).
+nothing is loaded before the fork; a GPU worker runs one process per GPU with ``--pool threads`` and
+``BACKDROP_BATCH_SIZE`` so that concurrent jobs share forward passes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 
 from celery import Task
@@ -28,6 +30,7 @@ from backdrop.models.registry import get_model
 from backdrop.pipeline import Pipeline
 from backdrop.service.jobs import JobStore
 from backdrop.service.observability import (
+    BATCH_SIZE,
     JOB_FAILURES,
     JOBS_PROCESSED,
     MODEL_LOAD_SECONDS,
@@ -46,27 +49,29 @@ settings = Settings.from_env()
 app = make_celery(settings)
 app.conf.beat_schedule = {"sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s}}
 _runner: JobRunner | None = None
+_runner_lock = threading.Lock()  # a threads pool may ask from several threads at once
 _parent_jobs: JobStore | None = None
 
 
 def runner() -> JobRunner:
     """This process's runner; built at process start (prefork) or on first use (solo/threads pools)."""
     global _runner
-    if _runner is None:
-        started = time.perf_counter()
-        pipeline = Pipeline(settings)
-        pipeline.preload(settings.worker_models)
-        storage = open_storage(settings)
-        jobs = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
-        _runner = JobRunner(settings, pipeline, storage, jobs)
-        MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
-        log.info(
-            "worker %s ready: %d model files loaded in %.0f ms",
-            _runner.worker_id,
-            pipeline.engine_loads,
-            (time.perf_counter() - started) * 1e3,
-        )
-    return _runner
+    with _runner_lock:
+        if _runner is None:
+            started = time.perf_counter()
+            pipeline = Pipeline(settings, on_batch=BATCH_SIZE.observe)
+            pipeline.preload(settings.worker_models)
+            storage = open_storage(settings)
+            jobs = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
+            _runner = JobRunner(settings, pipeline, storage, jobs)
+            MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
+            log.info(
+                "worker %s ready: %d model files loaded in %.0f ms",
+                _runner.worker_id,
+                pipeline.engine_loads,
+                (time.perf_counter() - started) * 1e3,
+            )
+        return _runner
 
 
 @setup_logging.connect

@@ -18,7 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from backdrop.errors import BackdropError
 from backdrop.pipeline import Pipeline
 from backdrop.service.jobs import BrokerUnavailable, JobRecord, JobStore, ResultObject
-from backdrop.service.observability import BATCH_SIZE, JOB_FAILURES, JOBS_PROCESSED, observe_stages
+from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, observe_stages
 from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
 from backdrop.settings import Settings
 from worker import faults
@@ -153,7 +153,6 @@ class JobRunner:
         if not recorded:
             return "skipped"
         JOBS_PROCESSED.labels(record.params.effect.value, "succeeded").inc()
-        BATCH_SIZE.observe(1)  # one image per model run on CPU workers
         observe_stages(timings)
         log.info("job succeeded in %.0f ms", sum(timings.values()))
         self._delete_inputs(record)

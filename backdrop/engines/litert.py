@@ -11,7 +11,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 class LiteRTEngine:
     """One interpreter per model file per process; calls are serialised because interpreters are not
-    thread-safe."""
+    thread-safe. A batch runs as one invocation: the input is resized to the batch when it changes."""
 
     name = "litert"
 
@@ -20,19 +20,20 @@ class LiteRTEngine:
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
+        self._shape = [int(d) for d in self._input["shape"]]
+        self._batch = self._shape[0]
         self._lock = threading.Lock()
 
     @property
     def input_size(self) -> tuple[int, int]:
-        _, height, width, _ = (int(d) for d in self._input["shape"])
-        return height, width
+        return self._shape[1], self._shape[2]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        # The models have a fixed batch of 1; a batch is run item by item.
-        outputs = []
         with self._lock:
-            for item in batch:
-                self._interpreter.set_tensor(self._input["index"], item[None].astype(np.float32, copy=False))
-                self._interpreter.invoke()
-                outputs.append(self._interpreter.get_tensor(self._output["index"])[0].copy())
-        return np.stack(outputs)
+            if batch.shape[0] != self._batch:
+                self._interpreter.resize_tensor_input(self._input["index"], [batch.shape[0], *self._shape[1:]])
+                self._interpreter.allocate_tensors()
+                self._batch = batch.shape[0]
+            self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(batch, dtype=np.float32))
+            self._interpreter.invoke()
+            return self._interpreter.get_tensor(self._output["index"]).copy()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from backdrop.engines import Engine, load_engine
+from backdrop.engines.batching import BatchingEngine
 from backdrop.errors import ParameterError
 from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import ModelVariant, get_model
@@ -79,11 +80,29 @@ class _StageClock:
             self.timings_ms[name] = round(self.timings_ms.get(name, 0.0) + (time.perf_counter() - start) * 1e3, 2)
 
 
+class _Counted:
+    """An engine whose invocations are reported to ``on_batch`` (batch sizes metric)."""
+
+    def __init__(self, inner: Engine, on_batch: Callable[[int], None] | None) -> None:
+        self.name, self._inner, self._on_batch = inner.name, inner, on_batch
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._inner.input_size
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        if self._on_batch is not None:
+            self._on_batch(len(batch))
+        return self._inner.run(batch)
+
+
 class Pipeline:
     """Loads each model file once (lazily, or up front with :meth:`preload`) and processes images."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, on_batch: Callable[[int], None] | None = None) -> None:
+        """``on_batch(n)`` is told the size of every model invocation (for metrics)."""
         self.settings = settings or Settings.from_env()
+        self._on_batch = on_batch
         self._engines: dict[str, Engine] = {}
         self.engine_loads = 0  # how many interpreters this process created (once per model file)
         self._lock = threading.Lock()
@@ -100,6 +119,15 @@ class Pipeline:
             if engine is None:
                 path = resolve_model_file(variant.file, self.settings)
                 engine = load_engine(self.settings.engine, path, threads=self.settings.threads)
+                if self.settings.batch_size > 1:
+                    engine = BatchingEngine(
+                        engine,
+                        max_batch=self.settings.batch_size,
+                        max_wait_ms=self.settings.batch_wait_ms,
+                        on_batch=self._on_batch,
+                    )
+                else:
+                    engine = _Counted(engine, self._on_batch)
                 self._engines[name] = engine
                 self.engine_loads += 1
             return engine

@@ -233,11 +233,13 @@ def start_workers(
     log_path: Path | None,
     name: str = "backdrop",
     beat_schedule: Path | None = None,
+    pool: str = "prefork",
 ) -> ManagedProcess:
-    """A Celery worker node with ``concurrency`` prefork processes; with ``beat_schedule``, it also runs
-    the periodic sweep (only one node of a deployment should)."""
+    """A Celery worker node with ``concurrency`` prefork processes (or threads, with ``pool="threads"``:
+    one process whose jobs share micro-batched models); with ``beat_schedule``, it also runs the
+    periodic sweep (only one node of a deployment should)."""
     command = [
-        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "prefork",
+        sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", pool,
         "--concurrency", str(concurrency), "--queues", queues, "--loglevel", "INFO",
         "--hostname", f"{name}@%h", "--without-gossip", "--without-mingle",
     ]  # fmt: skip
