@@ -67,7 +67,7 @@ class Settings:
     model_mirrors: tuple[Path, ...] = ()
     model_download_timeout_s: float = 30.0
     model_pip_args: tuple[str, ...] = ()
-    engine: str = "litert"
+    engine: str = "auto"
     batch_size: int = 1
     batch_wait_ms: float = 10.0
     confirm_targets: bool = True

@@ -7,6 +7,7 @@ that code which only needs the model table never loads an ML runtime.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from pathlib import Path
 from typing import Protocol
 
@@ -37,10 +38,21 @@ class EngineFactory(Protocol):
 # engine name -> "module:factory"; the module is imported only when that engine is used.
 ENGINES: dict[str, str] = {
     "litert": "backdrop.engines.litert:LiteRTEngine",
+    "tensorflow": "backdrop.engines.tensorflow:TensorFlowEngine",
 }
 
 
+def choose_engine(name: str) -> str:
+    """``auto``: TensorFlow when it is installed and an NVIDIA GPU is present, else LiteRT. Decided
+    without importing TensorFlow (slow, and not fork-safe in a prefork parent)."""
+    if name != "auto":
+        return name
+    has_gpu = Path("/dev/nvidiactl").exists() or Path("/dev/nvidia0").exists()
+    return "tensorflow" if has_gpu and importlib.util.find_spec("tensorflow") is not None else "litert"
+
+
 def load_engine(name: str, model_path: Path, *, threads: int) -> Engine:
+    name = choose_engine(name)
     try:
         module_name, factory_name = ENGINES[name].split(":")
     except KeyError:
