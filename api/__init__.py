@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from celery import Celery
 from flask import Flask
 
+from backdrop.models.registry import register_frozen_deeplab
 from backdrop.service.jobs import JobStore
 from backdrop.service.queue import make_celery
 from backdrop.service.storage import Storage, open_storage
@@ -43,6 +44,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     from api.routes import blueprint
 
     settings = settings or (services.settings if services else Settings.from_env())
+    if settings.frozen_model:  # so requests can name it; the API never loads it
+        register_frozen_deeplab(settings.frozen_model, settings.frozen_model_sha256)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = 2 * settings.max_image_bytes + _FORM_OVERHEAD_BYTES
     # Werkzeug applies this to its parse buffer too, which can hold two 64 KiB reads: keep it well above.

@@ -68,6 +68,8 @@ class Settings:
     model_download_timeout_s: float = 30.0
     model_pip_args: tuple[str, ...] = ()
     engine: str = "auto"
+    frozen_model: str | None = None
+    frozen_model_sha256: str | None = None
     batch_size: int = 1
     batch_wait_ms: float = 10.0
     confirm_targets: bool = True
@@ -154,6 +156,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model_download_timeout_s": ("BACKDROP_MODEL_DOWNLOAD_TIMEOUT_S", _positive_float),
     "model_pip_args": ("BACKDROP_MODEL_PIP_ARGS", lambda text: tuple(shlex.split(text))),
     "engine": ("BACKDROP_ENGINE", str.lower),
+    "frozen_model": ("BACKDROP_FROZEN_MODEL", str),
+    "frozen_model_sha256": ("BACKDROP_FROZEN_MODEL_SHA256", str),
     "batch_size": ("BACKDROP_BATCH_SIZE", _positive_int),
     "batch_wait_ms": ("BACKDROP_BATCH_WAIT_MS", _positive_float),
     "confirm_targets": ("BACKDROP_CONFIRM_TARGETS", parse_bool),

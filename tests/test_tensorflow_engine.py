@@ -58,3 +58,65 @@ def test_auto_engine_is_litert_without_a_gpu():
     has_gpu = os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/nvidia0")
     assert choose_engine("auto") == ("tensorflow" if has_gpu else "litert")
     assert choose_engine("litert") == "litert"
+
+
+def make_frozen_deeplab(path, label: int = 15) -> None:
+    """A tiny graph with DeepLab's exported signature: pixels whose red channel is over 128 get ``label``."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.uint8, [1, None, None, 3], name="ImageTensor")
+        red = tf.cast(images[..., 0], tf.int32)
+        tf.cast(tf.where(red > 128, label, 0), tf.int64, name="SemanticPredictions")
+    path.write_bytes(graph.as_graph_def().SerializeToString())
+
+
+def test_pixellib_style_frozen_graph(settings, tmp_path):
+    """The seed's users keep their model: a DeepLab frozen graph, given by path, as `deeplab-frozen`."""
+    from backdrop.models.registry import MODELS
+
+    frozen = tmp_path / "xception_pascalvoc.pb"
+    make_frozen_deeplab(frozen)
+    photo = np.full((300, 400, 3), 40, np.uint8)
+    photo[60:240, 100:300] = (230, 60, 60)  # a red "person", 30 % of the frame
+    pipeline = Pipeline(replace(settings, frozen_model=str(frozen), model_dir=tmp_path / "cache"))
+    try:
+        params = JobParams.parse({"model": "deeplab-frozen", "targets": "person", "effect": "mask"})
+        result = pipeline.process(encode_rgb(photo, "PNG"), params)
+        assert result.model == "deeplab-frozen/513" and result.found
+        assert abs(result.detected["person"] - 0.30) < 0.02
+        from tests.conftest import decode_rgb
+
+        mask = decode_rgb(result.data)
+        assert mask[150, 200] > 200 and mask[20, 20] < 30
+        with pytest.raises(Exception, match="unknown target"):
+            JobParams.parse({"model": "deeplab-frozen", "targets": "unicorn,person"})
+    finally:
+        MODELS.pop("deeplab-frozen", None)
+
+
+def test_frozen_graph_from_a_url_and_a_wrong_file(settings, tmp_path):
+    import http.server
+    import threading
+
+    from backdrop.engines.tensorflow import UnsupportedModel
+    from backdrop.models.registry import MODELS
+
+    make_frozen_deeplab(tmp_path / "model.pb")
+    (tmp_path / "junk.pb").write_bytes(b"not a graph")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/model.pb"
+        pipeline = Pipeline(replace(settings, frozen_model=url, model_dir=tmp_path / "cache"))
+        photo = np.zeros((64, 64, 3), np.uint8)
+        result = pipeline.process(encode_rgb(photo, "PNG"), JobParams.parse({"model": "deeplab-frozen"}))
+        assert not result.found and (tmp_path / "cache" / "frozen-model.pb").exists()
+        junk = Pipeline(replace(settings, frozen_model=str(tmp_path / "junk.pb"), model_dir=tmp_path / "c2"))
+        with pytest.raises(UnsupportedModel):
+            junk.process(encode_rgb(photo, "PNG"), JobParams.parse({"model": "deeplab-frozen"}))
+    finally:
+        server.shutdown()
+        MODELS.pop("deeplab-frozen", None)

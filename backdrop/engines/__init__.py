@@ -39,6 +39,7 @@ class EngineFactory(Protocol):
 ENGINES: dict[str, str] = {
     "litert": "backdrop.engines.litert:LiteRTEngine",
     "tensorflow": "backdrop.engines.tensorflow:TensorFlowEngine",
+    "tensorflow-frozen": "backdrop.engines.tensorflow:FrozenGraphEngine",
 }
 
 

