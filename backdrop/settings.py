@@ -68,6 +68,7 @@ class Settings:
     model_download_timeout_s: float = 30.0
     model_pip_args: tuple[str, ...] = ()
     engine: str = "auto"
+    pixel_backend: str = "opencv"
     frozen_model: str | None = None
     frozen_model_sha256: str | None = None
     batch_size: int = 1
@@ -156,6 +157,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "model_download_timeout_s": ("BACKDROP_MODEL_DOWNLOAD_TIMEOUT_S", _positive_float),
     "model_pip_args": ("BACKDROP_MODEL_PIP_ARGS", lambda text: tuple(shlex.split(text))),
     "engine": ("BACKDROP_ENGINE", str.lower),
+    "pixel_backend": ("BACKDROP_PIXEL_BACKEND", str.lower),
     "frozen_model": ("BACKDROP_FROZEN_MODEL", str),
     "frozen_model_sha256": ("BACKDROP_FROZEN_MODEL_SHA256", str),
     "batch_size": ("BACKDROP_BATCH_SIZE", _positive_int),

@@ -120,3 +120,32 @@ def test_frozen_graph_from_a_url_and_a_wrong_file(settings, tmp_path):
     finally:
         server.shutdown()
         MODELS.pop("deeplab-frozen", None)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"effect": "blur", "strength": "60"},
+        {"effect": "blur", "strength": "90", "bokeh": "lens"},
+        {"effect": "blur", "strength": "5"},
+        {"effect": "gray"},
+        {"effect": "mask"},
+        {"effect": "replace"},
+    ],
+    ids=["gaussian", "lens", "weak-blur", "gray", "mask", "replace"],
+)
+def test_tensorflow_pixel_ops_give_the_same_pixels(settings, astronaut, coffee, fields):
+    """The per-pixel stages as TensorFlow ops (for GPU workers) against the OpenCV path, at 2 MP."""
+    import cv2
+
+    photo = cv2.resize(astronaut, (1632, 1224), interpolation=cv2.INTER_CUBIC)
+    image, background = encode_rgb(photo, "PNG"), encode_rgb(coffee, "PNG")
+    params = JobParams.parse({**fields, "format": "png"})
+    on_opencv = Pipeline(replace(settings, pixel_backend="opencv")).process(image, params, background)
+    on_tf = Pipeline(replace(settings, pixel_backend="tensorflow")).process(image, params, background)
+    from tests.conftest import decode_rgb
+
+    a, b = decode_rgb(on_opencv.data).astype(int), decode_rgb(on_tf.data).astype(int)
+    difference = np.abs(a - b)
+    assert difference.mean() < 0.25, difference.mean()
+    assert difference.max() <= 3, difference.max()

@@ -26,6 +26,7 @@ from backdrop.pipeline.effects import apply_effect
 from backdrop.pipeline.geometry import make_preview
 from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.pipeline.metadata import attach_exif, upright_exif
+from backdrop.pipeline.pixels import pixel_ops
 from backdrop.pipeline.refine import clean_probability, refine_alpha
 from backdrop.pipeline.segment import segment
 from backdrop.settings import Settings
@@ -103,6 +104,7 @@ class Pipeline:
         """``on_batch(n)`` is told the size of every model invocation (for metrics)."""
         self.settings = settings or Settings.from_env()
         self._on_batch = on_batch
+        self.pixels = pixel_ops(self.settings.pixel_backend)
         if self.settings.frozen_model:
             register_frozen_deeplab(self.settings.frozen_model, self.settings.frozen_model_sha256)
         self._engines: dict[str, Engine] = {}
@@ -178,7 +180,7 @@ class Pipeline:
             found = sum(detected.values()) >= FOUND_MIN_COVERAGE
             if not found:
                 probability = np.zeros_like(probability)  # nothing found: the whole image is background
-            alpha = refine_alpha(probability, image, preview)
+            alpha = refine_alpha(probability, image, preview, ops=self.pixels)
 
         with clock.stage("effect"):
             rendered = apply_effect(
@@ -189,6 +191,7 @@ class Pipeline:
                 params,
                 input_alpha=decoded.alpha,
                 background=backdrop_image,
+                ops=self.pixels,
             )
 
         with clock.stage("encode"):

@@ -14,8 +14,9 @@ import cv2
 import numpy as np
 
 from backdrop.params import Bokeh, Effect, JobParams
-from backdrop.pipeline.geometry import resize_to
-from backdrop.pipeline.stripes import for_each_stripe
+from backdrop.pipeline.pixels import OpenCVPixels, PixelOps
+
+OPENCV = OpenCVPixels()
 
 # Blur radius at strength 1 and 100, as a share of the image's longer side.
 MIN_RADIUS_SHARE = 0.004
@@ -52,7 +53,12 @@ def disc_kernel(radius: float) -> np.ndarray:
 
 
 def blurred_background(
-    image: np.ndarray, preview: np.ndarray, alpha_preview: np.ndarray, strength: int, bokeh: Bokeh
+    image: np.ndarray,
+    preview: np.ndarray,
+    alpha_preview: np.ndarray,
+    strength: int,
+    bokeh: Bokeh,
+    ops: PixelOps = OPENCV,
 ) -> np.ndarray:
     """The background of ``image`` blurred at ``strength``, with the subject left out (full-res uint8).
 
@@ -66,8 +72,8 @@ def blurred_background(
         min(preview.shape[1], max(1, round(width / factor))),
         min(preview.shape[0], max(1, round(height / factor))),
     )
-    small = resize_to(preview, work_w, work_h)
-    weight = background_weight(resize_to(alpha_preview, work_w, work_h))
+    small = ops.resize(preview, work_w, work_h)
+    weight = background_weight(ops.resize(alpha_preview, work_w, work_h))
     work_radius = radius / factor
 
     if bokeh is Bokeh.LENS:
@@ -78,13 +84,13 @@ def blurred_background(
         kernel = disc_kernel(work_radius)
 
         def spread(x: np.ndarray) -> np.ndarray:
-            return cv2.filter2D(x, -1, kernel, borderType=cv2.BORDER_REFLECT)
+            return ops.convolve(x, kernel)
     else:
         light = small.astype(np.float32)
         sigma = max(work_radius / 2.0, 0.5)
 
         def spread(x: np.ndarray) -> np.ndarray:
-            return cv2.GaussianBlur(x, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+            return ops.gaussian(x, sigma)
 
     # Normalised convolution: sum(background colour) / sum(background weight). The small constant term
     # falls back to the unblurred pixel deep inside the subject, where no background is near (hidden
@@ -97,30 +103,21 @@ def blurred_background(
     if bokeh is Bokeh.LENS:
         blurred = cv2.pow(np.clip(blurred, 0.0, 1.0), 1.0 / _GAMMA) * 255.0
     result = cv2.convertScaleAbs(blurred)  # saturating float → uint8 (values are never negative)
-    return resize_to(result, width, height)
+    return ops.resize(result, width, height)
 
 
-def cover(background: np.ndarray, width: int, height: int) -> np.ndarray:
+def cover(background: np.ndarray, width: int, height: int, ops: PixelOps = OPENCV) -> np.ndarray:
     """Scale ``background`` to cover width x height (cropping the overflow, centred)."""
     bg_h, bg_w = background.shape[:2]
     scale = max(width / bg_w, height / bg_h)
     crop_w, crop_h = min(bg_w, max(1, round(width / scale))), min(bg_h, max(1, round(height / scale)))
     x0, y0 = (bg_w - crop_w) // 2, (bg_h - crop_h) // 2
-    return resize_to(np.ascontiguousarray(background[y0 : y0 + crop_h, x0 : x0 + crop_w]), width, height)
+    return ops.resize(np.ascontiguousarray(background[y0 : y0 + crop_h, x0 : x0 + crop_w]), width, height)
 
 
-def composite(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+def composite(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray, ops: PixelOps = OPENCV) -> np.ndarray:
     """``foreground * a + background * (1 - a)`` in uint8; exact where alpha is 0 or 255."""
-    result = np.empty_like(foreground)
-
-    def blend(rows: slice) -> None:
-        alpha3 = cv2.merge([alpha[rows]] * 3)
-        front = cv2.multiply(foreground[rows], alpha3, scale=1 / 255)
-        back = cv2.multiply(background[rows], cv2.bitwise_not(alpha3), scale=1 / 255)
-        cv2.add(front, back, dst=result[rows])
-
-    for_each_stripe(blend, *alpha.shape)
-    return result
+    return ops.composite(foreground, background, alpha)
 
 
 def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray | None) -> np.ndarray:
@@ -139,6 +136,7 @@ def apply_effect(
     *,
     input_alpha: np.ndarray | None = None,
     background: np.ndarray | None = None,
+    ops: PixelOps = OPENCV,
 ) -> np.ndarray:
     """Render ``params.effect``. Returns BGR (most effects), BGRA (cutout) or one channel (mask)."""
     height, width = image.shape[:2]
@@ -148,7 +146,7 @@ def apply_effect(
     if effect is Effect.MASK:
         return with_input_alpha(alpha_full, input_alpha)
     if effect is Effect.BLUR:
-        back = blurred_background(image, preview, alpha_preview, params.strength, params.bokeh)
+        back = blurred_background(image, preview, alpha_preview, params.strength, params.bokeh, ops)
     elif effect is Effect.GRAY:
         back = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     elif effect is Effect.COLOR:
@@ -158,7 +156,7 @@ def apply_effect(
     elif effect is Effect.REPLACE:
         if background is None:
             raise ValueError("effect replace needs a background image")
-        back = cover(background, width, height)
+        back = cover(background, width, height, ops)
     else:  # pragma: no cover - every Effect is handled above
         raise ValueError(f"unhandled effect {effect}")
-    return composite(image, back, alpha_full)
+    return composite(image, back, alpha_full, ops)
