@@ -67,9 +67,9 @@ class JobRunner:
         """Process ``job_id`` if it still needs processing; returns what happened (for logs and tests)."""
         decision = self._with_retries(lambda: self.jobs.start(job_id, self.worker_id, self.settings.max_attempts))
         if decision.action == "exhausted":
-            record = self.jobs.get(job_id)
+            record = self._with_retries(lambda: self.jobs.get(job_id))
             if record is not None:
-                self.jobs.fail(
+                self._fail(
                     record,
                     "worker_lost",
                     f"the job was delivered {decision.attempt - 1} times and never finished "
