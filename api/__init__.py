@@ -14,6 +14,7 @@ from backdrop.models.registry import register_frozen_deeplab
 from backdrop.service.jobs import JobStore
 from backdrop.service.queue import make_celery
 from backdrop.service.storage import Storage, open_storage
+from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
 
 # Multipart overhead allowed on top of the two images (photo + background).
@@ -27,14 +28,17 @@ class Services:
     settings: Settings
     jobs: JobStore
     storage: Storage
+    uploads: Uploads
     celery: Celery
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
+        storage = open_storage(settings)
         return cls(
             settings=settings,
             jobs=JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s),
-            storage=open_storage(settings),
+            storage=storage,
+            uploads=Uploads.connect(settings, storage),
             celery=make_celery(settings),
         )
 

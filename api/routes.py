@@ -199,19 +199,16 @@ def submit_job() -> Response:
             # The earlier request with this key failed before its job was recorded: this one takes over.
             job_id = g.job_id = earlier
 
-    record = JobRecord(
-        id=job_id,
-        status=JobStatus.QUEUED,
-        params=params,
-        created_at=time.time(),
-        input_key=f"inputs/{job_id}",
-        background_key=f"inputs/{job_id}-background" if background is not None else None,
-        owner=g.owner,
-    )
     try:
-        svc.storage.put(record.input_key, image, "application/octet-stream")
-        if background is not None and record.background_key:
-            svc.storage.put(record.background_key, background, "application/octet-stream")
+        record = JobRecord(
+            id=job_id,
+            status=JobStatus.QUEUED,
+            params=params,
+            created_at=time.time(),
+            input_key=svc.uploads.put(job_id, image),
+            background_key=svc.uploads.put(f"{job_id}-background", background) if background is not None else None,
+            owner=g.owner,
+        )
         svc.jobs.create(record)
         try:
             enqueue(svc.celery, job_id, queue)

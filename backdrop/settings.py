@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return value
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -83,6 +90,7 @@ class Settings:
     queue: str = "backdrop"
     queue_routes: tuple[tuple[str, str], ...] = ()
     job_ttl_s: int = 24 * 3600
+    inline_upload_max_bytes: int = 256 * 1024
     storage: str = "s3"
     s3_endpoint_url: str | None = None
     s3_public_url: str | None = None
@@ -170,6 +178,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "queue": ("BACKDROP_QUEUE", str),
     "queue_routes": ("BACKDROP_QUEUE_ROUTES", _routes),
     "job_ttl_s": ("BACKDROP_JOB_TTL_S", _positive_int),
+    "inline_upload_max_bytes": ("BACKDROP_INLINE_UPLOAD_MAX_BYTES", _non_negative_int),
     "storage": ("BACKDROP_STORAGE", str.lower),
     "s3_endpoint_url": ("BACKDROP_S3_ENDPOINT_URL", str),
     "s3_public_url": ("BACKDROP_S3_PUBLIC_URL", str),

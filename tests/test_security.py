@@ -88,16 +88,38 @@ def test_backpressure_answers_429(settings, astronaut_jpeg):
         jobs.redis.delete(settings.queue)
 
 
-def test_inputs_are_private_and_deleted_after_success(stack, astronaut_jpeg):
+@pytest.fixture(scope="module")
+def large_jpeg(astronaut) -> bytes:
+    """Over the inline limit: this upload goes to the object store, not Redis."""
+    import numpy as np
+
+    from tests.conftest import encode_rgb
+
+    noisy = np.repeat(np.repeat(astronaut, 2, axis=0), 2, axis=1).astype(np.int16)
+    noisy += np.random.default_rng(1).integers(-12, 12, noisy.shape, dtype=np.int16)
+    return encode_rgb(np.clip(noisy, 0, 255).astype(np.uint8), quality=95)
+
+
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_uploads_are_private_and_deleted_after_success(stack, astronaut_jpeg, large_jpeg, size):
+    from backdrop.service.uploads import INLINE_SCHEME, Uploads
+
     settings = Settings.from_env(stack.env)
-    job = requests.post(f"{stack.api_url}/v1/jobs", files={"image": ("p.jpg", astronaut_jpeg)}, timeout=10).json()
-    unsigned = f"{settings.s3_endpoint_url}/{settings.s3_bucket}/inputs/{job['id']}"
-    assert requests.get(unsigned, timeout=10).status_code in (403, 404)
+    image = astronaut_jpeg if size == "small" else large_jpeg
+    assert (len(image) <= settings.inline_upload_max_bytes) == (size == "small")
+    job = requests.post(f"{stack.api_url}/v1/jobs", files={"image": ("p.jpg", image)}, timeout=10).json()
+    locator = JobStore.connect(settings.redis_url, ttl_s=60).get(job["id"]).input_key
+    if size == "small":  # kept in Redis beside the job record, never in the bucket
+        assert locator.startswith(INLINE_SCHEME)
+    else:
+        assert locator == f"inputs/{job['id']}"
+        unsigned = f"{settings.s3_endpoint_url}/{settings.s3_bucket}/{locator}"
+        assert requests.get(unsigned, timeout=10).status_code in (403, 404)
     deadline = time.monotonic() + 60
     while requests.get(f"{stack.api_url}/v1/jobs/{job['id']}", timeout=10).json()["status"] != "succeeded":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    eventually_missing(open_storage(settings), f"inputs/{job['id']}")
+    eventually_missing(Uploads.connect(settings, open_storage(settings)), locator)
 
 
 def test_sweeper_fails_lost_jobs_and_deletes_expired_objects(stack, astronaut_jpeg):

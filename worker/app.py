@@ -40,6 +40,7 @@ from backdrop.service.observability import (
 )
 from backdrop.service.queue import PROCESS_TASK, SWEEP_TASK, make_celery
 from backdrop.service.storage import open_storage
+from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
 from worker.runner import JobRunner
 from worker.sweeper import sweep
@@ -63,7 +64,7 @@ def runner() -> JobRunner:
             pipeline.preload(settings.worker_models)
             storage = open_storage(settings)
             jobs = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
-            _runner = JobRunner(settings, pipeline, storage, jobs)
+            _runner = JobRunner(settings, pipeline, storage, Uploads.connect(settings, storage), jobs)
             MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
             log.info(
                 "worker %s ready: %d model files loaded in %.0f ms",

@@ -20,6 +20,7 @@ from backdrop.pipeline import Pipeline
 from backdrop.service.jobs import BrokerUnavailable, JobRecord, JobStore, ResultObject
 from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, observe_stages
 from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
+from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
 from worker import faults
 
@@ -38,6 +39,7 @@ class JobRunner:
         settings: Settings,
         pipeline: Pipeline,
         storage: Storage,
+        uploads: Uploads,
         jobs: JobStore,
         *,
         sleep: Callable[[float], None] = time.sleep,
@@ -45,6 +47,7 @@ class JobRunner:
         self.settings = settings
         self.pipeline = pipeline
         self.storage = storage
+        self.uploads = uploads
         self.jobs = jobs
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._sleep = sleep
@@ -108,16 +111,16 @@ class JobRunner:
         """Uploads are kept only while a job may still need them; the sweep catches what this misses."""
         inputs = [k for k in (record.input_key, record.background_key) if k]
         try:
-            self.storage.delete(*inputs)
-        except StorageUnavailable:
-            log.warning("job %s: inputs could not be deleted now; the periodic sweep removes them", record.id)
+            self.uploads.delete(*inputs)
+        except (StorageUnavailable, BrokerUnavailable):
+            log.warning("job %s: inputs could not be deleted now; they expire with the job", record.id)
 
     def _process(self, record: JobRecord) -> str:
         started = time.perf_counter()
-        image = self._with_retries(lambda: self.storage.get(record.input_key))
+        image = self._with_retries(lambda: self.uploads.get(record.input_key))
         background = None
         if record.background_key:
-            background = self._with_retries(lambda: self.storage.get(record.background_key or ""))
+            background = self._with_retries(lambda: self.uploads.get(record.background_key or ""))
         fetched = time.perf_counter()
         if self.settings.fault_injection:
             faults.inject(image)

@@ -35,6 +35,30 @@ class BrokerUnavailable(BackdropError):
     code = "broker_unavailable"
 
 
+def connect_redis(url: str, *, decode_responses: bool = True) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=3.0,
+        health_check_interval=15,
+        decode_responses=decode_responses,
+        # A pooled connection from before a Redis restart fails once; retry it on a fresh one.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+def guard_redis(operation: Callable[[], T]) -> T:
+    """Run one Redis call; a server that cannot be reached or cannot take writes is ``BrokerUnavailable``."""
+    try:
+        return operation()
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        raise BrokerUnavailable(f"job store unreachable: {exc}") from None
+    except redis.ResponseError as exc:
+        # e.g. MISCONF / LOADING / OOM: the server is up but cannot take writes now.
+        raise BrokerUnavailable(f"job store refused the request: {exc}") from None
+
+
 class IdempotencyConflict(BackdropError):
     code = "idempotency_key_reused"
 
@@ -186,33 +210,14 @@ class JobStore:
 
     @classmethod
     def connect(cls, url: str, *, ttl_s: int) -> JobStore:
-        client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=1.0,
-            socket_timeout=3.0,
-            health_check_interval=15,
-            decode_responses=True,
-            # A pooled connection from before a Redis restart fails once; retry it on a fresh one.
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-        )
-        return cls(client, ttl_s=ttl_s)
+        return cls(connect_redis(url), ttl_s=ttl_s)
 
     @property
     def redis(self) -> redis.Redis:
         return self._redis
 
-    def _guard(self, operation: Callable[[], T]) -> T:
-        try:
-            return operation()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            raise BrokerUnavailable(f"job store unreachable: {exc}") from None
-        except redis.ResponseError as exc:
-            # e.g. MISCONF / LOADING / OOM: the server is up but cannot take writes now.
-            raise BrokerUnavailable(f"job store refused the request: {exc}") from None
-
     def ping(self) -> None:
-        self._guard(self._redis.ping)
+        guard_redis(self._redis.ping)
 
     def create(self, record: JobRecord) -> None:
         key = KEY_PREFIX + record.id
@@ -223,23 +228,23 @@ class JobStore:
                 pipe.expire(key, self._ttl_s)
                 pipe.execute()
 
-        self._guard(write)
+        guard_redis(write)
 
     def delete(self, job_id: str) -> None:
-        self._guard(lambda: self._redis.delete(KEY_PREFIX + job_id))
+        guard_redis(lambda: self._redis.delete(KEY_PREFIX + job_id))
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self._guard(lambda: self._redis.hgetall(KEY_PREFIX + job_id))
+        raw = guard_redis(lambda: self._redis.hgetall(KEY_PREFIX + job_id))
         return JobRecord.from_hash(raw) if raw else None
 
     def cancel(self, job_id: str) -> str:
         """``cancelled``, ``missing``, or the (quoted) status that prevented it."""
-        return str(self._guard(lambda: self._cancel(keys=[KEY_PREFIX + job_id], args=[json.dumps(time.time())])))
+        return str(guard_redis(lambda: self._cancel(keys=[KEY_PREFIX + job_id], args=[json.dumps(time.time())])))
 
     def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
         keys = [KEY_PREFIX + job_id, RUNNING_SET]
         args = [json.dumps(time.time()), json.dumps(worker), max_attempts, job_id]
-        action, attempt = self._guard(lambda: self._start(keys=keys, args=args))
+        action, attempt = guard_redis(lambda: self._start(keys=keys, args=args))
         return StartDecision(action=str(action).strip('"'), attempt=int(attempt))
 
     def finish(self, record: JobRecord) -> bool:
@@ -247,18 +252,18 @@ class JobStore:
         fields = record.to_hash()
         fields.pop("attempts", None)  # counted by start(); never rewound
         args: list[str] = [record.id, *(item for pair in fields.items() for item in pair)]
-        return bool(self._guard(lambda: self._finish(keys=[KEY_PREFIX + record.id, RUNNING_SET], args=args)))
+        return bool(guard_redis(lambda: self._finish(keys=[KEY_PREFIX + record.id, RUNNING_SET], args=args)))
 
     def running_since_before(self, cutoff: float) -> list[str]:
         """Ids of jobs that started running before ``cutoff`` (epoch seconds) and never finished."""
-        return list(self._guard(lambda: self._redis.zrangebyscore(RUNNING_SET, "-inf", cutoff)))
+        return list(guard_redis(lambda: self._redis.zrangebyscore(RUNNING_SET, "-inf", cutoff)))
 
     def forget_running(self, job_id: str) -> None:
-        self._guard(lambda: self._redis.zrem(RUNNING_SET, job_id))
+        guard_redis(lambda: self._redis.zrem(RUNNING_SET, job_id))
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu's Redis transport keeps each queue in a list)."""
-        return int(self._guard(lambda: self._redis.llen(queue)))
+        return int(guard_redis(lambda: self._redis.llen(queue)))
 
     def succeed(self, record: JobRecord, **changes: Any) -> bool:
         return self.finish(replace(record, status=JobStatus.SUCCEEDED, finished_at=time.time(), error=None, **changes))
@@ -272,9 +277,9 @@ class JobStore:
         raises :class:`IdempotencyConflict` when the key was used for a different request."""
         name = IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
         value = json.dumps({"job": job_id, "fingerprint": fingerprint})
-        if self._guard(lambda: self._redis.set(name, value, nx=True, ex=self._ttl_s)):
+        if guard_redis(lambda: self._redis.set(name, value, nx=True, ex=self._ttl_s)):
             return None
-        existing = self._guard(lambda: self._redis.get(name))
+        existing = guard_redis(lambda: self._redis.get(name))
         if existing is None:  # expired between the two calls: claim it again
             return self.claim_idempotency_key(key, fingerprint, job_id)
         earlier = json.loads(existing)
@@ -283,4 +288,4 @@ class JobStore:
         return str(earlier["job"])
 
     def release_idempotency_key(self, key: str) -> None:
-        self._guard(lambda: self._redis.delete(IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()))
+        guard_redis(lambda: self._redis.delete(IDEMPOTENCY_PREFIX + hashlib.sha256(key.encode()).hexdigest()))

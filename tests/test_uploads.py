@@ -1,0 +1,72 @@
+"""Uploads: small ones in Redis beside the job record, larger ones in the object store (real servers)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+
+import pytest
+
+from backdrop.service.jobs import BrokerUnavailable
+from backdrop.service.storage import ObjectNotFound, open_storage
+from backdrop.service.uploads import INLINE_SCHEME, OBJECT_PREFIX, Uploads
+from backdrop.settings import Settings, SettingsError
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def settings(stack) -> Settings:
+    return replace(Settings.from_env(stack.env), inline_upload_max_bytes=1000, job_ttl_s=600)
+
+
+def test_small_uploads_stay_in_redis_with_the_job_ttl(settings):
+    uploads = Uploads.connect(settings, open_storage(settings))
+    name = uuid.uuid4().hex
+    locator = uploads.put(name, b"x" * 1000)
+    assert locator.startswith(INLINE_SCHEME)
+    assert uploads.get(locator) == b"x" * 1000
+    ttl = uploads._redis.ttl(locator.removeprefix(INLINE_SCHEME))
+    assert 0 < ttl <= 600
+    with pytest.raises(ObjectNotFound):
+        open_storage(settings).get(OBJECT_PREFIX + name)
+    uploads.delete(locator)
+    with pytest.raises(ObjectNotFound):
+        uploads.get(locator)
+
+
+def test_larger_uploads_go_to_the_object_store(settings):
+    storage = open_storage(settings)
+    uploads = Uploads.connect(settings, storage)
+    small, large = uuid.uuid4().hex, uuid.uuid4().hex
+    small_locator = uploads.put(small, b"s")
+    large_locator = uploads.put(large, b"y" * 1001)
+    assert large_locator == OBJECT_PREFIX + large
+    assert storage.get(large_locator) == b"y" * 1001 == uploads.get(large_locator)
+    uploads.delete(small_locator, large_locator)  # one call, both places
+    for locator in (small_locator, large_locator):
+        with pytest.raises(ObjectNotFound):
+            uploads.get(locator)
+
+
+def test_inline_limit_zero_keeps_every_upload_in_the_object_store(settings):
+    uploads = Uploads.connect(replace(settings, inline_upload_max_bytes=0), open_storage(settings))
+    name = uuid.uuid4().hex
+    assert uploads.put(name, b"z") == OBJECT_PREFIX + name
+    uploads.delete(OBJECT_PREFIX + name)
+
+
+def test_unreachable_redis_is_broker_unavailable(settings):
+    from backdrop.service.localstack import free_port
+
+    dead = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    uploads = Uploads.connect(dead, open_storage(settings))
+    with pytest.raises(BrokerUnavailable):
+        uploads.put(uuid.uuid4().hex, b"small")
+
+
+def test_inline_limit_setting():
+    assert Settings.from_env({"BACKDROP_INLINE_UPLOAD_MAX_BYTES": "0"}).inline_upload_max_bytes == 0
+    assert Settings.from_env({}).inline_upload_max_bytes == 256 * 1024
+    with pytest.raises(SettingsError):
+        Settings.from_env({"BACKDROP_INLINE_UPLOAD_MAX_BYTES": "-1"})
