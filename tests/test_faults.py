@@ -63,6 +63,12 @@ def with_fault(jpeg: bytes, name: str, seconds: float | None = None) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
 
 
+def padded(jpeg: bytes, size: int) -> bytes:
+    """The same photo grown past ``size`` bytes with JPEG comment segments (over the inline upload limit)."""
+    comment = b"\xff\xfe" + struct.pack(">H", 60_002) + b" " * 60_000
+    return jpeg[:2] + comment * (size // len(comment) + 1) + jpeg[2:]
+
+
 def submit(stack, image: bytes, **fields) -> requests.Response:
     return requests.post(f"{stack.api_url}/v1/jobs", files={"image": ("p.jpg", image)}, data=fields, timeout=30)
 
@@ -171,19 +177,44 @@ def test_redis_restart_loses_nothing(stack, settings, store, astronaut_jpeg):
         assert len(result_objects(settings, job_id)) == 1
 
 
+def test_a_job_whose_message_was_lost_is_queued_again_by_the_sweep(stack, settings, store, astronaut_jpeg):
+    """What a hard Redis crash (the last second of writes gone) or an API dying between writing the
+    record and queueing it leaves behind: a queued job no message names."""
+    from backdrop.service.queue import enqueue, make_celery
+    from worker.sweeper import sweep
+
+    celery, storage = make_celery(settings), open_storage(settings)
+    with paused(settings):
+        job_id = accepted(stack, astronaut_jpeg)
+        # A fetch the worker began before the pause may hold the message a moment, then put it back.
+        wait_for(lambda: store.redis.llen(settings.queue) == 1, 10, "the message back in the queue")
+        assert store.redis.delete(settings.queue) == 1  # the only message: lost
+    now = time.time() + 60
+    assert sweep(settings, store, storage, lambda j, q: enqueue(celery, j, q), now=now)["requeued_jobs"] == 0
+    time.sleep(1)
+    assert store.get(job_id).status is JobStatus.QUEUED  # nothing will ever deliver it by itself
+    assert sweep(settings, store, storage, lambda j, q: enqueue(celery, j, q), now=now + 31)["requeued_jobs"] == 1
+    record = finished(store, job_id)
+    assert record.status is JobStatus.SUCCEEDED and record.attempts == 1, record.error
+    assert result_objects(settings, job_id) == [f"results/{job_id}.jpg"]
+
+
 def test_s3_outage_is_retried_until_it_returns(stack, settings, store, astronaut_jpeg):
     with paused(settings):
         job_id = accepted(stack, astronaut_jpeg)
         stack.stop_service("s3")
     try:
-        refused = submit(stack, astronaut_jpeg)
+        # A photo over the inline limit needs S3 to be accepted; a small one waits in Redis meanwhile.
+        refused = submit(stack, padded(astronaut_jpeg, settings.inline_upload_max_bytes))
         assert refused.status_code == 503 and refused.json()["error"]["code"] == "storage_unavailable"
+        small_job_id = accepted(stack, astronaut_jpeg)
         time.sleep(2)  # the worker is retrying meanwhile
         assert store.get(job_id).status is JobStatus.RUNNING
     finally:
         stack.start_service("s3")
-    record = finished(store, job_id)
-    assert record.status is JobStatus.SUCCEEDED, record.error
+    for finished_job in (job_id, small_job_id):
+        record = finished(store, finished_job)
+        assert record.status is JobStatus.SUCCEEDED, record.error
 
 
 def test_s3_outage_past_the_retry_budget_fails_the_job(stack, settings, store, astronaut_jpeg):

@@ -122,35 +122,97 @@ def test_uploads_are_private_and_deleted_after_success(stack, astronaut_jpeg, la
     eventually_missing(Uploads.connect(settings, open_storage(settings)), locator)
 
 
-def test_sweeper_fails_lost_jobs_and_deletes_expired_objects(stack, astronaut_jpeg):
-    from backdrop.params import JobParams
-
-    # Its own Redis database and bucket: a sweep "in the future" must not touch the other tests' jobs.
+@pytest.fixture
+def sweep_settings(stack) -> Settings:
+    """Its own Redis database, queue and bucket: a sweep "in the future" must not touch other tests' jobs."""
     shared = Settings.from_env(stack.env)
-    settings = replace(
+    return replace(
         shared,
         redis_url=shared.redis_url.rsplit("/", 1)[0] + "/3",
+        queue=f"sweep-{uuid.uuid4().hex[:8]}",
         s3_bucket=f"sweep-{uuid.uuid4().hex[:12]}",
         s3_create_bucket=True,
     )
+
+
+def queued_record(created_at: float | None = None) -> JobRecord:
+    from backdrop.params import JobParams
+
+    job_id = uuid.uuid4().hex
+    return JobRecord(
+        id=job_id,
+        status=JobStatus.QUEUED,
+        params=JobParams(),
+        created_at=time.time() if created_at is None else created_at,
+        input_key=f"inputs/{job_id}",
+    )
+
+
+def test_sweeper_fails_lost_jobs_and_deletes_expired_objects(sweep_settings):
+    settings = sweep_settings
     jobs = JobStore.connect(settings.redis_url, ttl_s=600)
     storage = open_storage(settings)
-    job_id = uuid.uuid4().hex
-    record = JobRecord(
-        id=job_id, status=JobStatus.QUEUED, params=JobParams(), created_at=time.time(), input_key=f"inputs/{job_id}"
-    )
+    record = queued_record()
+    job_id = record.id
     jobs.create(record)
     assert jobs.start(job_id, "gone:1", 3).action == "run"
     storage.put(f"results/{job_id}.jpg", b"old result", "image/jpeg")
 
-    report = sweep(settings, jobs, storage, now=time.time() + settings.task_time_limit_s + 60)
+    report = sweep(settings, jobs, storage, no_enqueue, now=time.time() + settings.task_time_limit_s + 60)
     assert report["lost_jobs"] == 1
     lost = jobs.get(job_id)
     assert lost.status is JobStatus.FAILED and lost.error["code"] == "worker_lost"
     assert job_id not in jobs.running_since_before(time.time() + 10_000)
 
-    report = sweep(settings, jobs, storage, now=time.time() + settings.job_ttl_s + 60)
-    assert report == {"lost_jobs": 0, "deleted_objects": 1}
+    report = sweep(settings, jobs, storage, no_enqueue, now=time.time() + settings.job_ttl_s + 60)
+    assert report == {"lost_jobs": 0, "requeued_jobs": 0, "deleted_objects": 1}
     with pytest.raises(Exception) as caught:
         storage.get(f"results/{job_id}.jpg")
     assert getattr(caught.value, "code", "") == "object_not_found"
+
+
+def no_enqueue(job_id: str, queue: str) -> None:
+    raise AssertionError(f"nothing should be queued again here ({job_id})")
+
+
+def test_sweeper_queues_again_only_jobs_whose_message_is_gone(sweep_settings):
+    import json
+
+    from backdrop.service.jobs import KOMBU_UNACKED, MISSING_SET, QUEUED_SET
+    from backdrop.service.queue import enqueue, make_celery
+
+    settings = sweep_settings
+    jobs, storage, celery = (
+        JobStore.connect(settings.redis_url, ttl_s=600),
+        open_storage(settings),
+        make_celery(settings),
+    )
+    storage.ping()  # creates this test's bucket
+    sent: list[tuple[str, str]] = []
+
+    def resend(job_id: str, queue: str) -> None:
+        sent.append((job_id, queue))
+        enqueue(celery, job_id, queue)
+
+    now = time.time() + 60
+    # `fresh` is accepted just before the second sweep: its API may be about to queue it, so it is left alone.
+    lost, waiting, delivered = (queued_record() for _ in range(3))
+    fresh = queued_record(created_at=now + 10)
+    for record in (lost, waiting, delivered, fresh):
+        jobs.create(record)
+    enqueue(celery, waiting.id, settings.queue)  # still waits in the queue: fine
+    message = {"headers": {"id": delivered.id, "task": "backdrop.process_job"}, "body": "..."}
+    jobs.redis.hset(KOMBU_UNACKED, "tag-1", json.dumps([message, "", settings.queue]))  # delivered, not acked
+    try:
+        first = sweep(settings, jobs, storage, resend, now=now)
+        assert first["requeued_jobs"] == 0 and sent == []  # a first look only notes the missing message
+        second = sweep(settings, jobs, storage, resend, now=now + 31)
+        assert second["requeued_jobs"] == 1 and sent == [(lost.id, settings.queue)]
+        assert jobs.get(lost.id).status is JobStatus.QUEUED  # same job, same record: only a new message
+        assert jobs.queue_depth(settings.queue) == 2
+        # Its new message is there now: later sweeps leave it alone, and a started job leaves the set.
+        assert sweep(settings, jobs, storage, resend, now=now + 62)["requeued_jobs"] == 0
+        assert jobs.start(lost.id, "w:1", 3).action == "run"
+        assert lost.id not in jobs.queued_since_before(now + 1000)
+    finally:
+        jobs.redis.delete(KOMBU_UNACKED, settings.queue, QUEUED_SET, MISSING_SET)
