@@ -30,8 +30,10 @@ def make_celery(settings: Settings) -> Celery:
         broker_connection_timeout=2,
         broker_pool_limit=10,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Task events cost a Redis publish per task state; Flower switches the workers' events on itself
+        # (remote control), so they are only sent while someone watches.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
     )
     return app
 
