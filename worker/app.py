@@ -38,7 +38,7 @@ from backdrop.service.observability import (
     current_job_id,
     metrics_registry,
 )
-from backdrop.service.queue import PROCESS_TASK, SWEEP_TASK, make_celery
+from backdrop.service.queue import PROCESS_TASK, SWEEP_TASK, enqueue, make_celery
 from backdrop.service.storage import open_storage
 from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
@@ -151,4 +151,4 @@ def process_job(job_id: str) -> str:
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> dict[str, int]:
     worker = runner()
-    return sweep(settings, worker.jobs, worker.storage)
+    return sweep(settings, worker.jobs, worker.storage, lambda job_id, queue: enqueue(app, job_id, queue))

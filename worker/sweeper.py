@@ -1,18 +1,25 @@
-"""Periodic housekeeping (Celery beat): jobs whose worker vanished, and expired objects.
+"""Periodic housekeeping (Celery beat): jobs whose worker vanished, jobs whose message was lost, and
+expired objects.
 
 - A job still "running" longer than the hard time limit (plus a margin) cannot be running any more: its
   worker process and its acknowledgement were lost (e.g. a whole machine died). It fails with
   ``worker_lost``, so every accepted job ends in a terminal state.
-- Inputs and results older than the job TTL are deleted from the bucket (job records expire in Redis by
-  their own TTL). A bucket lifecycle rule can do the same on stores that support one.
+- A job still "queued" whose message no queue holds (a hard Redis crash lost the last second of
+  writes, or the API died between writing the record and queueing it) is queued again. It must be
+  found without a message at two sweeps at least ``STALE_MARGIN_S`` apart: a worker takes a message
+  off the list a moment before it records it as delivered, and a single look could fall in between.
+- Inputs and results older than the job TTL are deleted from the bucket (job records and uploads kept
+  in Redis expire by their own TTL). A bucket lifecycle rule can do the same on stores that support one.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
-from backdrop.service.jobs import JobStore
+from backdrop.service.jobs import JobStatus, JobStore
+from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, JOBS_REQUEUED
 from backdrop.service.storage import Storage
 from backdrop.settings import Settings
 
@@ -20,8 +27,7 @@ log = logging.getLogger("backdrop.worker")
 STALE_MARGIN_S = 30
 
 
-def sweep(settings: Settings, jobs: JobStore, storage: Storage, *, now: float | None = None) -> dict[str, int]:
-    now = time.time() if now is None else now
+def fail_lost_jobs(settings: Settings, jobs: JobStore, now: float) -> int:
     lost = 0
     for job_id in jobs.running_since_before(now - settings.task_time_limit_s - STALE_MARGIN_S):
         record = jobs.get(job_id)
@@ -30,11 +36,55 @@ def sweep(settings: Settings, jobs: JobStore, storage: Storage, *, now: float | 
             continue
         limit = settings.task_time_limit_s
         if jobs.fail(record, "worker_lost", f"no worker finished the job within the {limit} s time limit"):
+            JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
+            JOB_FAILURES.labels("worker_lost").inc()
             lost += 1
         else:
             jobs.forget_running(job_id)
+    return lost
+
+
+def requeue_lost_messages(settings: Settings, jobs: JobStore, enqueue: Callable[[str, str], None], now: float) -> int:
+    """Queue again the jobs that have waited without a message since an earlier sweep."""
+    queues = sorted({settings.queue, *(queue for _, queue in settings.queue_routes)})
+    # The API queues a job right after writing its record: only older jobs can have lost their message.
+    waiting = jobs.queued_since_before(now - STALE_MARGIN_S)
+    missing_since = jobs.missing_since(jobs.without_message(waiting, queues), now)
+    requeued = 0
+    for job_id, since in missing_since.items():
+        if since > now - STALE_MARGIN_S:
+            continue  # first seen missing recently: look again at a later sweep
+        record = jobs.get(job_id)
+        if record is None:  # expired
+            jobs.forget_queued(job_id)
+            continue
+        if record.status is not JobStatus.QUEUED:  # started or cancelled meanwhile
+            continue
+        enqueue(job_id, settings.queue_for(record.params.model))
+        jobs.clear_missing(job_id)  # a lost re-send is found again, two sweeps later
+        JOBS_REQUEUED.inc()
+        requeued += 1
+    return requeued
+
+
+def sweep(
+    settings: Settings,
+    jobs: JobStore,
+    storage: Storage,
+    enqueue: Callable[[str, str], None],
+    *,
+    now: float | None = None,
+) -> dict[str, int]:
+    now = time.time() if now is None else now
+    lost = fail_lost_jobs(settings, jobs, now)
+    requeued = requeue_lost_messages(settings, jobs, enqueue, now)
     cutoff = now - settings.job_ttl_s
     deleted = storage.delete_older_than("inputs/", cutoff) + storage.delete_older_than("results/", cutoff)
-    if lost or deleted:
-        log.info("sweep: %d lost jobs failed, %d expired objects deleted", lost, deleted)
-    return {"lost_jobs": lost, "deleted_objects": deleted}
+    if lost or requeued or deleted:
+        log.info(
+            "sweep: %d lost jobs failed, %d jobs without a message queued again, %d expired objects deleted",
+            lost,
+            requeued,
+            deleted,
+        )
+    return {"lost_jobs": lost, "requeued_jobs": requeued, "deleted_objects": deleted}

@@ -24,8 +24,14 @@ from backdrop.params import JobParams
 
 KEY_PREFIX = "backdrop:job:"
 IDEMPOTENCY_PREFIX = "backdrop:idempotency:"
-# Sorted set of running job ids by start time: lets the sweeper find jobs whose worker vanished.
+# Sorted sets of job ids by the time they entered a state: they let the sweeper find jobs whose worker
+# vanished (running) and jobs whose queue message was lost (queued).
 RUNNING_SET = "backdrop:running"
+QUEUED_SET = "backdrop:queued"
+# Queued jobs whose message was missing at one sweep, by when: re-sent if still missing at a later one.
+MISSING_SET = "backdrop:message-missing"
+# kombu's Redis transport keeps delivered, unacknowledged messages in this hash (by delivery tag).
+KOMBU_UNACKED = "unacked"
 T = TypeVar("T")
 
 
@@ -154,24 +160,26 @@ class JobRecord:
         )
 
 
-# KEYS[1] job; ARGV: now. Cancels only a queued job; returns the status it found.
+# KEYS[1] job, KEYS[2] queued set; ARGV: now, job id. Cancels only a queued job; returns the status it found.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 if status == '"queued"' then
   redis.call('HSET', KEYS[1], 'status', '"cancelled"', 'finished_at', ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[2])
   return 'cancelled'
 end
 return status
 """
 
-# KEYS[1] job, KEYS[2] running set; ARGV: now, worker, max attempts, job id. A redelivered message
-# finds the job "running" and runs it again (its first worker died); a finished or cancelled job is
-# never run again.
+# KEYS[1] job, KEYS[2] running set, KEYS[3] queued set; ARGV: now, worker, max attempts, job id. A
+# redelivered message finds the job "running" and runs it again (its first worker died); a finished or
+# cancelled job is never run again.
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', 0} end
 if status ~= '"queued"' and status ~= '"running"' then return {status, 0} end
+redis.call('ZREM', KEYS[3], ARGV[4])
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[3]) then return {'exhausted', attempts} end
 redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[2])
@@ -188,6 +196,26 @@ if status ~= '"running"' then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('ZREM', KEYS[2], ARGV[1])
 return 1
+"""
+
+# KEYS: the queues' lists, then kombu's hash of delivered but unacknowledged messages; ARGV: job ids.
+# Returns the ids no message names. One script, so a message cannot move from a list to the hash
+# unseen between the two reads (kombu pops it first, then records it: a message in that short window
+# is missed here, which is why a job must be missing at two sweeps before it is re-sent).
+_WITHOUT_MESSAGE = """
+local named = {}
+local function scan(message)
+  for id in string.gmatch(message, '"id":%s*"(%x+)"') do named[id] = true end
+end
+for i = 1, #KEYS - 1 do
+  for _, message in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do scan(message) end
+end
+for _, message in ipairs(redis.call('HVALS', KEYS[#KEYS])) do scan(message) end
+local missing = {}
+for _, id in ipairs(ARGV) do
+  if not named[id] then table.insert(missing, id) end
+end
+return missing
 """
 
 
@@ -207,6 +235,7 @@ class JobStore:
         self._cancel = client.register_script(_CANCEL)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
+        self._without_message = client.register_script(_WITHOUT_MESSAGE)
 
     @classmethod
     def connect(cls, url: str, *, ttl_s: int) -> JobStore:
@@ -226,6 +255,8 @@ class JobStore:
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=record.to_hash())
                 pipe.expire(key, self._ttl_s)
+                if record.status is JobStatus.QUEUED:
+                    pipe.zadd(QUEUED_SET, {record.id: record.created_at})
                 pipe.execute()
 
         guard_redis(write)
@@ -239,10 +270,11 @@ class JobStore:
 
     def cancel(self, job_id: str) -> str:
         """``cancelled``, ``missing``, or the (quoted) status that prevented it."""
-        return str(guard_redis(lambda: self._cancel(keys=[KEY_PREFIX + job_id], args=[json.dumps(time.time())])))
+        keys, args = [KEY_PREFIX + job_id, QUEUED_SET], [json.dumps(time.time()), job_id]
+        return str(guard_redis(lambda: self._cancel(keys=keys, args=args)))
 
     def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
-        keys = [KEY_PREFIX + job_id, RUNNING_SET]
+        keys = [KEY_PREFIX + job_id, RUNNING_SET, QUEUED_SET]
         args = [json.dumps(time.time()), json.dumps(worker), max_attempts, job_id]
         action, attempt = guard_redis(lambda: self._start(keys=keys, args=args))
         return StartDecision(action=str(action).strip('"'), attempt=int(attempt))
@@ -260,6 +292,51 @@ class JobStore:
 
     def forget_running(self, job_id: str) -> None:
         guard_redis(lambda: self._redis.zrem(RUNNING_SET, job_id))
+
+    def queued_since_before(self, cutoff: float) -> list[str]:
+        """Ids of jobs accepted before ``cutoff`` (epoch seconds) that no worker has started."""
+        return list(guard_redis(lambda: self._redis.zrangebyscore(QUEUED_SET, "-inf", cutoff)))
+
+    def forget_queued(self, job_id: str) -> None:
+        def forget() -> None:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(QUEUED_SET, job_id)
+                pipe.zrem(MISSING_SET, job_id)
+                pipe.execute()
+
+        guard_redis(forget)
+
+    def clear_missing(self, job_id: str) -> None:
+        guard_redis(lambda: self._redis.zrem(MISSING_SET, job_id))
+
+    def without_message(self, job_ids: list[str], queues: list[str]) -> list[str]:
+        """Those of ``job_ids`` that no message in ``queues`` (waiting, or delivered and unacknowledged) names.
+
+        Reads kombu's Redis transport layout: a list per queue (and per priority step, unused here) and
+        the ``unacked`` hash. Its cost grows with the queue's length."""
+        if not job_ids:
+            return []
+        lists = [name for queue in queues for name in (queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9)))]
+        keys = [*lists, KOMBU_UNACKED]
+        return [str(job_id) for job_id in guard_redis(lambda: self._without_message(keys=keys, args=job_ids))]
+
+    def missing_since(self, job_ids: list[str], now: float) -> dict[str, float]:
+        """Note that ``job_ids`` had no message at ``now``, keeping the time each was first found so, and
+        forget every other job noted before (its message turned up or it started). Returns the first times."""
+
+        def note() -> list[tuple[str, float]]:
+            with self._redis.pipeline(transaction=True) as pipe:
+                if job_ids:
+                    pipe.zadd(MISSING_SET, dict.fromkeys(job_ids, now), nx=True)
+                pipe.zrange(MISSING_SET, 0, -1, withscores=True)
+                return pipe.execute()[-1]
+
+        noted = guard_redis(note)
+        wanted = set(job_ids)
+        found = [job_id for job_id, _ in noted if job_id not in wanted]
+        if found:
+            guard_redis(lambda: self._redis.zrem(MISSING_SET, *found))
+        return {job_id: since for job_id, since in noted if job_id in wanted}
 
     def queue_depth(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu's Redis transport keeps each queue in a list)."""
