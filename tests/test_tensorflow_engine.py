@@ -24,8 +24,10 @@ from backdrop.pipeline.segment import model_input
 from tests.conftest import encode_rgb
 
 VARIANTS = [(spec, variant) for spec in MODELS.values() for variant in spec.variants]
-# XNNPACK (LiteRT's CPU kernels) approximates the activations; the errors add up over the layers. The
-# landscape selfie model (MEAN in its squeeze-excite blocks) drifts a little further than the others.
+# LiteRT runs these models through XNNPACK, whose float32 kernels round differently; the differences add
+# up over the layers. On the landscape selfie model LiteRT itself lies up to 2.1e-4 from the exact
+# (float64) result on these photos, while this engine stays within 1e-4 of it (test below): that
+# variant's bound against LiteRT is therefore looser.
 TOLERANCE = {"general": 1e-4, "257": 1e-4, "landscape": 2.5e-4}
 
 
@@ -42,6 +44,24 @@ def test_same_outputs_as_litert(settings, astronaut, chelsea, coffee, spec, vari
     assert together.shape[0] == 3
     for index, x in enumerate(inputs):
         assert np.abs(together[index] - tensorflow.run(x)[0]).max() < 1e-5
+
+
+@pytest.mark.parametrize(("spec", "variant"), VARIANTS, ids=[f"{s.name}-{v.name}" for s, v in VARIANTS])
+def test_same_outputs_as_the_exact_computation(settings, astronaut, chelsea, coffee, spec, variant):
+    """Float32 TF ops against the same graph computed in float64: within 1e-4 for every model. The LiteRT
+    comparison above checks that the ops are the right ones (an independent implementation); this one
+    checks that the engine's own float32 rounding stays small."""
+    import tensorflow as tf
+
+    from backdrop.engines.tensorflow import TFLiteGraph
+
+    path = resolve_model_file(variant.file, settings)
+    tensorflow = load_engine("tensorflow", path, threads=2)
+    exact = TFLiteGraph(path.read_bytes(), dtype=np.float64)
+    for photo in (astronaut, chelsea, coffee):
+        x = model_input(np.ascontiguousarray(photo[:, :, ::-1]), spec, variant)
+        reference = exact(tf.constant(x, tf.float64)).numpy()
+        assert np.abs(tensorflow.run(x) - reference).max() < 1e-4
 
 
 def test_pipeline_on_tensorflow_finds_the_same(settings, astronaut, chelsea):

@@ -54,9 +54,11 @@ def _activation(x: tf.Tensor, fused: int) -> tf.Tensor:
 
 
 class TFLiteGraph:
-    """The model's subgraph as a Python callable over TF tensors."""
+    """The model's subgraph as a Python callable over TF tensors. ``dtype`` float64 gives a reference
+    to judge float32 runtimes by (the tests use it)."""
 
-    def __init__(self, model_bytes: bytes) -> None:
+    def __init__(self, model_bytes: bytes, dtype: type = np.float32) -> None:
+        self.dtype = np.dtype(dtype)
         model = schema.ModelT.InitFromPackedBuf(model_bytes, 0)
         if len(model.subgraphs) != 1:
             raise UnsupportedModel("only single-subgraph models are supported")
@@ -105,7 +107,8 @@ class TFLiteGraph:
             return values[index]
         if index in self.constants:
             constant = self.constants[index]
-            values[index] = constant.astype(np.float32) if constant.dtype == np.float16 else constant
+            floating = constant.dtype in (np.float16, np.float32)
+            values[index] = constant.astype(self.dtype) if floating else constant
             return values[index]
         raise UnsupportedModel(f"tensor {index} has no value")
 
@@ -179,12 +182,13 @@ def _mean(graph: TFLiteGraph, op: Any, inputs: list[Any]) -> tf.Tensor:
 
 def _resize_bilinear(graph: TFLiteGraph, op: Any, inputs: list[Any]) -> tf.Tensor:
     options = op.builtinOptions
-    return tf.raw_ops.ResizeBilinear(
+    resized = tf.raw_ops.ResizeBilinear(
         images=inputs[0],
         size=np.asarray(inputs[1], np.int32),
         align_corners=bool(options.alignCorners),
         half_pixel_centers=bool(options.halfPixelCenters),
     )
+    return tf.cast(resized, graph.dtype)  # the op always answers float32
 
 
 def _concatenation(graph: TFLiteGraph, op: Any, inputs: list[Any]) -> tf.Tensor:
@@ -204,7 +208,7 @@ _HANDLERS: dict[str, Callable[[TFLiteGraph, Any, list[Any]], Any]] = {
     "MEAN": _mean,
     "RESIZE_BILINEAR": _resize_bilinear,
     "CONCATENATION": _concatenation,
-    "DEQUANTIZE": lambda g, op, i: tf.cast(i[0], tf.float32),
+    "DEQUANTIZE": lambda g, op, i: tf.cast(i[0], g.dtype),
     _TRANSPOSE_CONV_BIAS: _transpose_conv_bias,
 }
 
