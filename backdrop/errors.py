@@ -58,3 +58,9 @@ class UnknownModel(BackdropError):
     """The requested model is not in the registry (``unknown_model``)."""
 
     code = "unknown_model"
+
+
+class JobTimeout(BackdropError):
+    """A job passed its deadline between two pipeline stages (``timeout``)."""
+
+    code = "timeout"

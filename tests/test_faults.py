@@ -235,6 +235,30 @@ def test_soft_time_limit_fails_with_timeout(stack, store, astronaut_jpeg):
     assert 6 <= record.finished_at - record.started_at < 9
 
 
+def test_time_limit_in_a_threads_pool(stack, settings, store, astronaut_jpeg):
+    """Celery cannot interrupt a thread: the runner's deadline, checked between stages, fails the job."""
+    threads = start_workers(
+        stack.env,
+        concurrency=2,
+        queues=settings.queue,
+        log_path=stack.root / "log" / "threads.log",
+        name="threads",
+        pool="threads",
+    )
+    try:
+        wait_for(lambda: "ready" in threads.log_text(), 90, "the threads-pool worker")
+        with paused(settings):  # only the threads node takes jobs now
+            job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 8))
+            record = finished(store, job_id, timeout_s=30)
+            assert record.status is JobStatus.FAILED and record.error["code"] == "timeout", record.error
+            assert "6 s limit" in record.error["message"]
+            assert pid_of(record) == threads.process.pid  # ran in the threads node's one process
+            healthy = finished(store, accepted(stack, astronaut_jpeg))
+            assert healthy.status is JobStatus.SUCCEEDED and pid_of(healthy) == threads.process.pid
+    finally:
+        threads.stop()
+
+
 def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(stack, store, astronaut_jpeg):
     job_id = accepted(stack, with_fault(astronaut_jpeg, "stuck", 60))
     pid = pid_of(running(store, job_id))

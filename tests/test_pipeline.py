@@ -179,3 +179,15 @@ def test_metadata_kept_on_lossless_webp_with_alpha(pipeline, astronaut):
     with Image.open(io.BytesIO(kept.data)) as image:
         image.load()
         assert image.mode == "RGBA" and image.getexif()[0x010F] == "BackdropCam"
+
+
+def test_a_passed_deadline_stops_the_job_before_the_next_stage(pipeline, astronaut):
+    import time
+
+    from backdrop.errors import JobTimeout
+
+    with pytest.raises(JobTimeout) as caught:
+        pipeline.process(encode_rgb(astronaut), JobParams(), deadline=time.monotonic() - 1, limit_s=60)
+    assert caught.value.code == "timeout" and "60 s limit" in caught.value.message
+    far = pipeline.process(encode_rgb(astronaut), JobParams(), deadline=time.monotonic() + 600, limit_s=600)
+    assert far.found

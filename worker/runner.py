@@ -117,6 +117,9 @@ class JobRunner:
 
     def _process(self, record: JobRecord) -> str:
         started = time.perf_counter()
+        # Checked between stages: the time limit in a threads pool, where Celery's limits do not apply.
+        limit_s = self.settings.task_soft_time_limit_s
+        deadline = time.monotonic() + limit_s
         image = self._with_retries(lambda: self.uploads.get(record.input_key))
         background = None
         if record.background_key:
@@ -125,7 +128,7 @@ class JobRunner:
         if self.settings.fault_injection:
             faults.inject(image)
 
-        result = self.pipeline.process(image, record.params, background)
+        result = self.pipeline.process(image, record.params, background, deadline=deadline, limit_s=limit_s)
 
         stored_at = time.perf_counter()
         key = result_key(record, result.format.extension)

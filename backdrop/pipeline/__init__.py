@@ -18,7 +18,7 @@ import numpy as np
 
 from backdrop.engines import Engine, load_engine
 from backdrop.engines.batching import BatchingEngine
-from backdrop.errors import ParameterError
+from backdrop.errors import JobTimeout, ParameterError
 from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import ModelSpec, ModelVariant, get_model, register_frozen_deeplab
 from backdrop.params import Effect, JobParams, OutputFormat
@@ -69,11 +69,19 @@ class ProcessResult:
 
 
 class _StageClock:
-    def __init__(self) -> None:
+    """Times each stage; with a deadline (``time.monotonic()`` seconds), a stage that would start after
+    it raises :class:`JobTimeout` instead. That is the time limit where no signal can interrupt a job
+    (a threads pool); a stage already running is not interrupted."""
+
+    def __init__(self, deadline: float | None = None, limit_s: float | None = None) -> None:
         self.timings_ms: dict[str, float] = {}
+        self.deadline, self.limit_s = deadline, limit_s
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            limit = f"its {self.limit_s:g} s limit" if self.limit_s else "its deadline"
+            raise JobTimeout(f"the job ran past {limit} before the {name} stage")
         start = time.perf_counter()
         try:
             yield
@@ -147,8 +155,18 @@ class Pipeline:
         confirming = segment(self.engine_for(variant, spec), preview, spec, variant, targets, with_probability=False)
         return np.logical_or.reduce(list(confirming.class_masks.values()))
 
-    def process(self, data: bytes, params: JobParams, background: bytes | None = None) -> ProcessResult:
-        clock = _StageClock()
+    def process(
+        self,
+        data: bytes,
+        params: JobParams,
+        background: bytes | None = None,
+        *,
+        deadline: float | None = None,
+        limit_s: float | None = None,
+    ) -> ProcessResult:
+        """Run one job. ``deadline`` (``time.monotonic()`` seconds; ``limit_s`` names it in the message)
+        is checked before each stage."""
+        clock = _StageClock(deadline, limit_s)
         spec = get_model(params.model)
         with clock.stage("decode"):
             decoded = load_image(data, self.settings)
