@@ -256,3 +256,11 @@ def test_threads_pool_worker_with_micro_batching(stack, astronaut_jpeg, chelsea)
         assert node.log_text().count("model files loaded") == 1  # loaded once, shared by the threads
     finally:
         node.stop()
+
+
+def test_free_ports_are_never_handed_out_twice():
+    """Two servers of one stack on one port would each take the other's answers for their own."""
+    from backdrop.service.localstack import free_port
+
+    ports = [free_port() for _ in range(300)]
+    assert len(set(ports)) == len(ports)

@@ -31,10 +31,19 @@ class StackError(RuntimeError):
     pass
 
 
+# Ports this process handed out: the OS may offer a port again once its probe socket is closed, and two
+# servers of one stack on the same port would each see the other answer (a real incident in a benchmark).
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    while True:
+        with socket.socket() as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def port_or_free(preferred: int) -> int:
@@ -43,6 +52,7 @@ def port_or_free(preferred: int) -> int:
             sock.bind((HOST, preferred))
         except OSError:
             return free_port()
+    _handed_out.add(preferred)
     return preferred
 
 
@@ -123,6 +133,14 @@ def _http_answers(url: str) -> bool:
     except urllib.error.HTTPError:
         return True  # any HTTP answer (403 from S3 without credentials) means it is serving
     except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as response:
+            return response.status == 200
+    except OSError:  # HTTPError included: another server on that port is not ours
         return False
 
 
@@ -265,7 +283,7 @@ def start_api(env: Mapping[str, str], *, port: int, log_path: Path | None, proce
         "--timeout", "60", "--graceful-timeout", "20",
     ]  # fmt: skip
     process = _spawn("api", command, log_path=log_path, env=env)
-    _wait_until(lambda: _http_answers(f"http://{HOST}:{port}/healthz"), f"API on port {port}", process, 30)
+    _wait_until(lambda: _http_ok(f"http://{HOST}:{port}/healthz"), f"API on port {port}", process, 30)
     return process
 
 
