@@ -10,13 +10,16 @@ For 1 and 2 worker processes (one inference thread each) and for 0.3 MP and 12 M
 - the queue and storage overhead per job, one job at a time (end-to-end time minus the pipeline's own
   time, from the job records: the upload, record writes, queueing, delivery, reading the upload and
   storing the result).
-Then how many submissions per second the API takes (64x48 JPEGs, 16 keep-alive clients, 5 s)."""
+Then how many submissions per second the API takes (64x48 JPEGs, 16 keep-alive clients, 5 s), and the
+pipeline alone in 1 and 2 processes with no servers: the ceiling the cores themselves set.
+"""
 
 from __future__ import annotations
 
 import argparse
 import http.client
 import json
+import multiprocessing
 import os
 import statistics
 import sys
@@ -30,7 +33,8 @@ import cv2
 import numpy as np
 from skimage import data as samples
 
-from backdrop.pipeline import STAGES
+from backdrop.params import JobParams
+from backdrop.pipeline import STAGES, Pipeline
 from backdrop.service.jobs import KEY_PREFIX, JobRecord, JobStatus, JobStore
 from backdrop.service.localstack import LocalStack, free_port
 from backdrop.service.queue import make_celery
@@ -189,6 +193,35 @@ class Bench:
         return accepted / (time.monotonic() - started)
 
 
+def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiprocessing.Queue) -> None:
+    pipeline = Pipeline(Settings.from_env({**os.environ, "BACKDROP_THREADS": "1"}))
+    for _ in range(3):  # warm-up
+        pipeline.process(image, JobParams())
+    while time.time() < start:
+        time.sleep(0.005)
+    done, began = 0, time.perf_counter()
+    while time.perf_counter() - began < seconds:
+        pipeline.process(image, JobParams())
+        done += 1
+    rates.put(done / (time.perf_counter() - began))
+
+
+def pipeline_ceiling(image: bytes, processes: int, seconds: float = 5) -> float:
+    """Jobs/s of the pipeline alone in ``processes`` processes running at once (no servers, no queue):
+    what the cores themselves allow, for comparison with the stack."""
+    rates: multiprocessing.Queue = multiprocessing.Queue()
+    start = time.time() + 20  # every process has loaded its models and warmed up by then
+    workers = [
+        multiprocessing.Process(target=_pipeline_loop, args=(image, seconds, start, rates)) for _ in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    total = sum(rates.get(timeout=120) for _ in workers)
+    for worker in workers:
+        worker.join()
+    return total
+
+
 def run(workers: int, args: argparse.Namespace, images: dict[str, bytes]) -> dict[str, tuple]:
     env = {**os.environ, "BACKDROP_THREADS": "1", "BACKDROP_WORKER_METRICS_PORT": "0"}
     with tempfile.TemporaryDirectory(prefix="backdrop-throughput-") as root:
@@ -232,6 +265,7 @@ def main() -> int:
     images = {label: jpeg(*size) for label, size in SIZES.items()}
     print(f"machine: {os.cpu_count()} cores; each worker process runs one inference thread\n")
     table = {workers: run(workers, args, images) for workers in (1, 2)}
+    ceiling = {label: [pipeline_ceiling(image, n) for n in (1, 2)] for label, image in images.items()}
     print(
         f"{'size':>7} {'workers':>7} {'burst jobs/s':>12} {'p50 ms':>7} {'p95 ms':>7} {'drain jobs/s':>12}"
         f" {'1-by-1 ms':>9} {'overhead ms':>11}"
@@ -246,6 +280,11 @@ def main() -> int:
         burst = table[2][label][0] / table[1][label][0]
         drain = table[2][label][3] / table[1][label][3]
         print(f"{label:>7} 2 vs 1 worker processes: burst {burst:.2f}x, drain {drain:.2f}x")
+        one, two = ceiling[label]
+        print(
+            f"{label:>7} the pipeline alone, no servers: {one:.2f} -> {two:.2f} jobs/s with 2 processes,"
+            f" {two / one:.2f}x (the cores' own ceiling)"
+        )
     print(f"\nAPI: {table[args.rate_with_workers]['submissions'][0]:.0f} submissions/s of 64x48 JPEGs (16 clients)")
     return 0
 
