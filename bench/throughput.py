@@ -209,11 +209,10 @@ def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiproce
 def pipeline_ceiling(image: bytes, processes: int, seconds: float = 5) -> float:
     """Jobs/s of the pipeline alone in ``processes`` processes running at once (no servers, no queue):
     what the cores themselves allow, for comparison with the stack."""
-    rates: multiprocessing.Queue = multiprocessing.Queue()
+    spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no fork of this threaded process
+    rates = spawn.Queue()
     start = time.time() + 20  # every process has loaded its models and warmed up by then
-    workers = [
-        multiprocessing.Process(target=_pipeline_loop, args=(image, seconds, start, rates)) for _ in range(processes)
-    ]
+    workers = [spawn.Process(target=_pipeline_loop, args=(image, seconds, start, rates)) for _ in range(processes)]
     for worker in workers:
         worker.start()
     total = sum(rates.get(timeout=120) for _ in workers)
@@ -264,8 +263,8 @@ def main() -> int:
     args = parser.parse_args()
     images = {label: jpeg(*size) for label, size in SIZES.items()}
     print(f"machine: {os.cpu_count()} cores; each worker process runs one inference thread\n")
-    table = {workers: run(workers, args, images) for workers in (1, 2)}
     ceiling = {label: [pipeline_ceiling(image, n) for n in (1, 2)] for label, image in images.items()}
+    table = {workers: run(workers, args, images) for workers in (1, 2)}
     print(
         f"{'size':>7} {'workers':>7} {'burst jobs/s':>12} {'p50 ms':>7} {'p95 ms':>7} {'drain jobs/s':>12}"
         f" {'1-by-1 ms':>9} {'overhead ms':>11}"
