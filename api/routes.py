@@ -314,9 +314,7 @@ def readyz() -> Response:
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
-    settings = services().settings
-    queues = sorted({settings.queue, *(queue for _, queue in settings.queue_routes)})
-    body, content_type = render_metrics(QueueDepthCollector(services().jobs.queue_depth, queues))
+    body, content_type = render_metrics(QueueDepthCollector(services().jobs.queue_depth, services().settings.queues))
     return Response(body, content_type=content_type)
 
 

@@ -153,6 +153,11 @@ class Settings:
                 "BACKDROP_STORAGE_RETRY_BACKOFF_S) must be below BACKDROP_TASK_SOFT_TIME_LIMIT_S"
             )
 
+    @property
+    def queues(self) -> list[str]:
+        """Every queue jobs can go to: the default one and those of the routes."""
+        return sorted({self.queue, *(queue for _, queue in self.queue_routes)})
+
     def queue_for(self, model: str) -> str:
         """The queue a job for ``model`` goes to (CPU and GPU workers can consume different queues)."""
         return dict(self.queue_routes).get(model, self.queue)

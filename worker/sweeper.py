@@ -46,10 +46,9 @@ def fail_lost_jobs(settings: Settings, jobs: JobStore, now: float) -> int:
 
 def requeue_lost_messages(settings: Settings, jobs: JobStore, enqueue: Callable[[str, str], None], now: float) -> int:
     """Queue again the jobs that have waited without a message since an earlier sweep."""
-    queues = sorted({settings.queue, *(queue for _, queue in settings.queue_routes)})
     # The API queues a job right after writing its record: only older jobs can have lost their message.
     waiting = jobs.queued_since_before(now - STALE_MARGIN_S)
-    missing_since = jobs.missing_since(jobs.without_message(waiting, queues), now)
+    missing_since = jobs.missing_since(jobs.without_message(waiting, settings.queues), now)
     requeued = 0
     for job_id, since in missing_since.items():
         if since > now - STALE_MARGIN_S:
