@@ -16,6 +16,8 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import redis
+from kombu.transport.redis import PRIORITY_STEPS as KOMBU_PRIORITY_STEPS
+from kombu.transport.redis import Channel as KombuRedisChannel
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -31,7 +33,7 @@ QUEUED_SET = "backdrop:queued"
 # Queued jobs whose message was missing at one sweep, by when: re-sent if still missing at a later one.
 MISSING_SET = "backdrop:message-missing"
 # kombu's Redis transport keeps delivered, unacknowledged messages in this hash (by delivery tag).
-KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED = KombuRedisChannel.unacked_key
 T = TypeVar("T")
 
 
@@ -316,7 +318,9 @@ class JobStore:
         the ``unacked`` hash. Its cost grows with the queue's length."""
         if not job_ids:
             return []
-        lists = [name for queue in queues for name in (queue, *(f"{queue}\x06\x16{step}" for step in (3, 6, 9)))]
+        # kombu's list names: the queue's own for priority 0, "{queue}{sep}{step}" for the other steps.
+        suffixes = ["", *(f"{KombuRedisChannel.sep}{step}" for step in KOMBU_PRIORITY_STEPS if step)]
+        lists = [queue + suffix for queue in queues for suffix in suffixes]
         keys = [*lists, KOMBU_UNACKED]
         return [str(job_id) for job_id in guard_redis(lambda: self._without_message(keys=keys, args=job_ids))]
 
