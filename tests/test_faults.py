@@ -57,16 +57,20 @@ def store(settings) -> JobStore:
     return JobStore.connect(settings.redis_url, ttl_s=600)
 
 
+def with_comments(jpeg: bytes, *comments: bytes) -> bytes:
+    """The same photo with JPEG comment segments (COM, up to 65533 bytes each) right after its SOI marker."""
+    segments = b"".join(b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text for text in comments)
+    return jpeg[:2] + segments + jpeg[2:]
+
+
 def with_fault(jpeg: bytes, name: str, seconds: float | None = None) -> bytes:
-    """The same photo with a JPEG comment segment carrying a fault marker."""
-    comment = marker(name, seconds)
-    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
+    """The same photo with a comment carrying a fault marker."""
+    return with_comments(jpeg, marker(name, seconds))
 
 
 def padded(jpeg: bytes, size: int) -> bytes:
-    """The same photo grown past ``size`` bytes with JPEG comment segments (over the inline upload limit)."""
-    comment = b"\xff\xfe" + struct.pack(">H", 60_002) + b" " * 60_000
-    return jpeg[:2] + comment * (size // len(comment) + 1) + jpeg[2:]
+    """The same photo grown past ``size`` bytes with comments (over the inline upload limit)."""
+    return with_comments(jpeg, *[b" " * 60_000] * (size // 60_000 + 1))
 
 
 def submit(stack, image: bytes, **fields) -> requests.Response:
