@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import io
-import struct
 import tracemalloc
-import zlib
 
 import numpy as np
 import pytest
@@ -16,28 +14,9 @@ from backdrop.params import OutputFormat
 from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.settings import Settings
 from tests.conftest import encode_rgb
+from tests.hostile import jpeg_bomb, png_bomb
 
 SETTINGS = Settings(max_image_bytes=5_000_000, max_image_pixels=40_000_000)
-
-
-def png_bomb(width: int, height: int) -> bytes:
-    """A valid PNG header declaring a huge RGB image, followed by a tiny (short) IDAT."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
-    )
-
-
-def jpeg_bomb(width: int, height: int) -> bytes:
-    """A real small JPEG whose SOF0 frame header is rewritten to claim a huge size."""
-    data = bytearray(encode_rgb(np.zeros((16, 16, 3), np.uint8)))
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = struct.pack(">HH", height, width)
-    return bytes(data)
 
 
 def code_of(data: bytes, settings: Settings = SETTINGS) -> str:
