@@ -220,10 +220,12 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from backdrop.pipeline import Pipeline
+    from backdrop.pipeline.allocator import retain_freed_memory
 
     params = JobParams.parse(_job_fields(args))
     background, inputs, single_file = _job_inputs(args, params)
 
+    retain_freed_memory(settings.retain_freed_memory_mb * 2**20)
     pipeline = Pipeline(settings)
     failed = io_failed = 0
     with tqdm(inputs, unit="photo", disable=len(inputs) < 2 or None, file=sys.stderr) as progress:

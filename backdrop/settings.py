@@ -84,6 +84,7 @@ class Settings:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_image_bytes: int = 30 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    retain_freed_memory_mb: int = 256
 
     # The service (API, queue, workers, storage). Not used by the pipeline library or the CLI.
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -179,6 +180,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "threads": ("BACKDROP_THREADS", _positive_int),
     "max_image_bytes": ("BACKDROP_MAX_IMAGE_BYTES", _positive_int),
     "max_image_pixels": ("BACKDROP_MAX_IMAGE_PIXELS", _positive_int),
+    "retain_freed_memory_mb": ("BACKDROP_RETAIN_FREED_MEMORY_MB", _non_negative_int),
     "redis_url": ("BACKDROP_REDIS_URL", str),
     "queue": ("BACKDROP_QUEUE", str),
     "queue_routes": ("BACKDROP_QUEUE_ROUTES", _routes),

@@ -35,6 +35,7 @@ from skimage import data as samples
 
 from backdrop.params import JobParams
 from backdrop.pipeline import STAGES, Pipeline
+from backdrop.pipeline.allocator import retain_freed_memory
 from backdrop.service.jobs import KEY_PREFIX, JobRecord, JobStatus, JobStore
 from backdrop.service.localstack import LocalStack, free_port
 from backdrop.service.queue import make_celery
@@ -194,7 +195,9 @@ class Bench:
 
 
 def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiprocessing.Queue) -> None:
-    pipeline = Pipeline(Settings.from_env({**os.environ, "BACKDROP_THREADS": "1"}))
+    settings = Settings.from_env({**os.environ, "BACKDROP_THREADS": "1"})
+    retain_freed_memory(settings.retain_freed_memory_mb * 2**20)  # as the workers do
+    pipeline = Pipeline(settings)
     for _ in range(3):  # warm-up
         pipeline.process(image, JobParams())
     while time.time() < start:

@@ -28,6 +28,7 @@ from celery.signals import (
 from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import get_model
 from backdrop.pipeline import Pipeline
+from backdrop.pipeline.allocator import retain_freed_memory
 from backdrop.service.jobs import JobStore
 from backdrop.service.observability import (
     BATCH_SIZE,
@@ -60,6 +61,7 @@ def runner() -> JobRunner:
     with _runner_lock:
         if _runner is None:
             started = time.perf_counter()
+            retained = retain_freed_memory(settings.retain_freed_memory_mb * 2**20)
             pipeline = Pipeline(settings, on_batch=BATCH_SIZE.observe)
             pipeline.preload(settings.worker_models)
             storage = open_storage(settings)
@@ -67,10 +69,11 @@ def runner() -> JobRunner:
             _runner = JobRunner(settings, pipeline, storage, Uploads.connect(settings, storage), jobs)
             MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
             log.info(
-                "worker %s ready: %d model files loaded in %.0f ms",
+                "worker %s ready: %d model files loaded in %.0f ms; freed memory kept for reuse: %s",
                 _runner.worker_id,
                 pipeline.engine_loads,
                 (time.perf_counter() - started) * 1e3,
+                "yes" if retained else "no",
             )
         return _runner
 
