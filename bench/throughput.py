@@ -2,7 +2,10 @@
 
     .venv/bin/python bench/throughput.py [--small-jobs 120] [--large-jobs 24] [--repeat 3]
 
-For 1 and 2 worker processes (one inference thread each) and for 0.3 MP and 12 MP blur jobs it prints:
+One stack with two worker nodes of one process each (one inference thread each); a measurement with 1
+worker process lets only the first node consume (Celery's ``cancel_consumer``), so runs with 1 and 2
+processes alternate on the same servers and drift of the machine's speed hits both alike. For 0.3 MP
+and 12 MP blur jobs it prints:
 - burst: jobs/s with every job submitted at once, so the API and the benchmark's clients compete with the
   workers for the same cores, and p50/p95 end-to-end latency under that load;
 - drain: jobs/s of the workers alone, emptying a queue filled while they did not consume it (the API
@@ -21,12 +24,14 @@ import http.client
 import json
 import multiprocessing
 import os
+import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -37,7 +42,7 @@ from backdrop.params import JobParams
 from backdrop.pipeline import STAGES, Pipeline
 from backdrop.pipeline.allocator import retain_freed_memory
 from backdrop.service.jobs import KEY_PREFIX, JobRecord, JobStatus, JobStore
-from backdrop.service.localstack import LocalStack, free_port
+from backdrop.service.localstack import LocalStack, free_port, start_workers, wait_for_workers
 from backdrop.service.queue import make_celery
 from backdrop.settings import Settings
 
@@ -90,11 +95,19 @@ class Submitter:
 
 
 class Bench:
-    def __init__(self, stack: LocalStack) -> None:
+    def __init__(self, stack: LocalStack, nodes: list[str]) -> None:
         self.api = stack.api_url
         self.settings = Settings.from_env(stack.env)
         self.store = JobStore.connect(self.settings.redis_url, ttl_s=3600)
         self.control = make_celery(self.settings).control
+        self.nodes = nodes
+
+    def consume_on(self, count: int) -> None:
+        """Only the first ``count`` worker nodes take jobs from the queue (0: none, to fill it)."""
+        for index, node in enumerate(self.nodes):
+            command = self.control.add_consumer if index < count else self.control.cancel_consumer
+            if not command(self.settings.queue, destination=[node], reply=True, timeout=5):
+                raise RuntimeError(f"worker node {node} did not answer")
 
     def submit_all(self, image: bytes, count: int, clients: int = 8) -> list[str]:
         def post(share: int) -> list[str]:
@@ -113,14 +126,15 @@ class Bench:
             return [job_id for ids in pool.map(post, shares) for job_id in ids]
 
     def finished(self, job_ids: list[str], timeout_s: float = 900) -> list[JobRecord]:
-        """Waits with one pipelined status read of the unfinished jobs every 50 ms (cheap for Redis and
-        for this process, which shares the cores with the workers), then reads the records once."""
+        """Waits with one pipelined status read of the unfinished jobs every 50 ms or more (cheap for Redis
+        and for this process, which share the cores with the workers; the rates and latencies come from
+        the job records' own times, not from when this loop notices), then reads the records once."""
         deadline = time.monotonic() + timeout_s
         waiting = list(job_ids)
         while waiting:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(waiting)} jobs did not finish")
-            time.sleep(0.05)
+            time.sleep(max(0.05, 0.002 * len(waiting)))  # at most ~500 status reads per second
             with self.store.redis.pipeline(transaction=False) as pipe:
                 for job_id in waiting:
                     pipe.hget(KEY_PREFIX + job_id, "status")
@@ -134,32 +148,32 @@ class Bench:
             raise RuntimeError(f"jobs failed: {failed[:3]}")
         return records  # type: ignore[return-value]
 
-    def burst(self, image: bytes, count: int) -> tuple[float, list[float]]:
+    def burst(self, image: bytes, count: int, workers: int) -> tuple[float, list[float]]:
         """All jobs submitted at once (the API and these clients share the cores with the workers): jobs/s
         from the first submission to the last finish, and each job's end-to-end ms."""
+        self.consume_on(workers)
         records = self.finished(self.submit_all(image, count))
         span = max(r.finished_at for r in records) - min(r.created_at for r in records)  # type: ignore[operator]
         return count / span, [(r.finished_at - r.created_at) * 1e3 for r in records]  # type: ignore[operator]
 
-    def drain(self, image: bytes, count: int) -> float:
-        """Worker throughput alone: the queue is filled while the workers do not consume it (Celery's
-        ``cancel_consumer``), then they drain it; jobs/s from the first start to the last finish. The API
-        and the benchmark's clients are idle meanwhile, as they would be on their own machines."""
-        queue = self.settings.queue
-        if not self.control.cancel_consumer(queue, reply=True, timeout=5):
-            raise RuntimeError("no worker answered cancel_consumer")
+    def drain(self, image: bytes, count: int, workers: int) -> float:
+        """Worker throughput alone: the queue is filled while no worker consumes it, then ``workers``
+        processes drain it; jobs/s from the first start to the last finish. The API and the benchmark's
+        clients are idle meanwhile, as they would be on their own machines."""
+        self.consume_on(0)
         try:
             ids = self.submit_all(image, count)
-            if self.store.queue_depth(queue) != count:
+            if self.store.queue_depth(self.settings.queue) != count:
                 raise RuntimeError("workers kept consuming: the queue did not fill")
         finally:
-            self.control.add_consumer(queue, reply=True, timeout=5)
+            self.consume_on(workers)
         records = self.finished(ids)
         span = max(r.finished_at for r in records) - min(r.started_at for r in records)  # type: ignore[operator]
         return count / span
 
-    def overhead(self, image: bytes, count: int) -> tuple[float, float]:
+    def overhead(self, image: bytes, count: int, workers: int) -> tuple[float, float]:
         """One job at a time: median end-to-end ms and median overhead (end-to-end minus pipeline) ms."""
+        self.consume_on(workers)
         totals, overheads = [], []
         for _ in range(count):
             (record,) = self.finished(self.submit_all(image, 1, clients=1))
@@ -224,35 +238,74 @@ def pipeline_ceiling(image: bytes, processes: int, seconds: float = 5) -> float:
     return total
 
 
-def run(workers: int, args: argparse.Namespace, images: dict[str, bytes]) -> dict[str, tuple]:
+WORKER_COUNTS = (1, 2)
+
+
+@dataclass
+class Measured:
+    """One image size: per worker count the medians (burst jobs/s, p50 ms, p95 ms, drain jobs/s, 1-by-1
+    ms, overhead ms), and the 2-vs-1 ratio of each paired run."""
+
+    rows: dict[int, tuple[float, ...]]
+    burst_ratios: list[float]
+    drain_ratios: list[float]
+
+
+def measure(bench: Bench, image: bytes, count: int, repeat: int) -> Measured:
+    bench.burst(image, 2 * len(WORKER_COUNTS), workers=max(WORKER_COUNTS))  # warm-up
+    bursts: dict[int, list[float]] = {w: [] for w in WORKER_COUNTS}
+    latencies: dict[int, list[float]] = {w: [] for w in WORKER_COUNTS}
+    drains: dict[int, list[float]] = {w: [] for w in WORKER_COUNTS}
+    for _ in range(repeat):  # several runs, 1 and 2 workers alternating: one run varies by several percent
+        for workers in WORKER_COUNTS:
+            rate, run_latencies = bench.burst(image, count, workers)
+            bursts[workers].append(rate)
+            latencies[workers] += run_latencies
+            drains[workers].append(bench.drain(image, count, workers))
+    rows = {}
+    for workers in WORKER_COUNTS:
+        sequential, overhead = bench.overhead(image, max(3, count // 4), workers)
+        rows[workers] = (
+            statistics.median(bursts[workers]),
+            statistics.median(latencies[workers]),
+            percentile(latencies[workers], 0.95),
+            statistics.median(drains[workers]),
+            sequential,
+            overhead,
+        )
+    return Measured(
+        rows,
+        [two / one for one, two in zip(bursts[1], bursts[2], strict=True)],
+        [two / one for one, two in zip(drains[1], drains[2], strict=True)],
+    )
+
+
+def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, Measured], float]:
+    """The stack with two one-process worker nodes; every size measured, then the API's submission rate."""
     env = {**os.environ, "BACKDROP_THREADS": "1", "BACKDROP_WORKER_METRICS_PORT": "0"}
     with tempfile.TemporaryDirectory(prefix="backdrop-throughput-") as root:
-        stack = LocalStack(root=Path(root), api_port=free_port(), workers=workers)
+        stack = LocalStack(root=Path(root), api_port=free_port(), workers=1)
         stack.start(env)
         try:
-            bench = Bench(stack)
-            results: dict[str, tuple] = {}
+            metrics = Path(root) / "metrics" / "worker-2"
+            metrics.mkdir(parents=True)
+            second = start_workers(
+                {**stack.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
+                concurrency=1,
+                queues=Settings.from_env(stack.env).queue,
+                log_path=Path(root) / "log" / "worker-2.log",
+                name="backdrop2",
+            )
+            stack.processes.append(second)  # stopped with the stack, before the servers
+            wait_for_workers(second, 1)
+            host = socket.gethostname()
+            bench = Bench(stack, [f"backdrop@{host}", f"backdrop2@{host}"])
+            results = {}
             for label, image in images.items():
                 count = args.small_jobs if label == "0.3 MP" else args.large_jobs
-                bench.burst(image, min(count, 2 * workers))  # warm-up: every process has run a job
-                rates, latencies, drained = [], [], []
-                for _ in range(args.repeat):  # medians of several runs: one run varies by several percent
-                    rate, run_latencies = bench.burst(image, count)
-                    rates.append(rate)
-                    latencies += run_latencies
-                    drained.append(bench.drain(image, count))
-                sequential, overhead = bench.overhead(image, max(3, count // 4))
-                results[label] = (
-                    statistics.median(rates),
-                    statistics.median(latencies),
-                    percentile(latencies, 0.95),
-                    statistics.median(drained),
-                    sequential,
-                    overhead,
-                )
-            if workers == args.rate_with_workers:
-                results["submissions"] = (bench.submission_rate(),)
-            return results
+                results[label] = measure(bench, image, count, args.repeat)
+            bench.consume_on(max(WORKER_COUNTS))
+            return results, bench.submission_rate()
         finally:
             stack.stop()
 
@@ -262,32 +315,35 @@ def main() -> int:
     parser.add_argument("--small-jobs", type=int, default=120)
     parser.add_argument("--large-jobs", type=int, default=24)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (medians are printed)")
-    parser.add_argument("--rate-with-workers", type=int, default=2)
     args = parser.parse_args()
     images = {label: jpeg(*size) for label, size in SIZES.items()}
     print(f"machine: {os.cpu_count()} cores; each worker process runs one inference thread\n")
-    ceiling = {label: [pipeline_ceiling(image, n) for n in (1, 2)] for label, image in images.items()}
-    table = {workers: run(workers, args, images) for workers in (1, 2)}
+    ceiling = {label: [pipeline_ceiling(image, n) for n in WORKER_COUNTS] for label, image in images.items()}
+    results, submissions = run(args, images)
     print(
         f"{'size':>7} {'workers':>7} {'burst jobs/s':>12} {'p50 ms':>7} {'p95 ms':>7} {'drain jobs/s':>12}"
         f" {'1-by-1 ms':>9} {'overhead ms':>11}"
     )
-    for label in images:
-        for workers in (1, 2):
-            rate, p50, p95, drained, sequential, overhead = table[workers][label]
+    for label, measured in results.items():
+        for workers, (rate, p50, p95, drained, sequential, overhead) in measured.rows.items():
             print(
                 f"{label:>7} {workers:>7} {rate:12.2f} {p50:7.0f} {p95:7.0f} {drained:12.2f}"
                 f" {sequential:9.0f} {overhead:11.1f}"
             )
-        burst = table[2][label][0] / table[1][label][0]
-        drain = table[2][label][3] / table[1][label][3]
-        print(f"{label:>7} 2 vs 1 worker processes: burst {burst:.2f}x, drain {drain:.2f}x")
+        runs = {"burst": measured.burst_ratios, "drain": measured.drain_ratios}
+        print(
+            f"{label:>7} 2 vs 1 worker processes: "
+            + ", ".join(
+                f"{name} {statistics.median(ratios):.2f}x (runs {' '.join(f'{r:.2f}' for r in ratios)})"
+                for name, ratios in runs.items()
+            )
+        )
         one, two = ceiling[label]
         print(
             f"{label:>7} the pipeline alone, no servers: {one:.2f} -> {two:.2f} jobs/s with 2 processes,"
             f" {two / one:.2f}x (the cores' own ceiling)"
         )
-    print(f"\nAPI: {table[args.rate_with_workers]['submissions'][0]:.0f} submissions/s of 64x48 JPEGs (16 clients)")
+    print(f"\nAPI: {submissions:.0f} submissions/s of 64x48 JPEGs (16 clients)")
     return 0
 
 
