@@ -225,7 +225,7 @@ def _process(args: argparse.Namespace, settings: Settings) -> int:
     params = JobParams.parse(_job_fields(args))
     background, inputs, single_file = _job_inputs(args, params)
 
-    retain_freed_memory(settings.retain_freed_memory_mb * 2**20)
+    retain_freed_memory(settings.retain_freed_memory_mb)
     pipeline = Pipeline(settings)
     failed = io_failed = 0
     with tqdm(inputs, unit="photo", disable=len(inputs) < 2 or None, file=sys.stderr) as progress:

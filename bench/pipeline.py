@@ -75,7 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     settings = Settings.from_env()
-    retain_freed_memory(settings.retain_freed_memory_mb * 2**20)  # as the worker and the CLI do
+    retain_freed_memory(settings.retain_freed_memory_mb)  # as the worker and the CLI do
     pipeline = Pipeline(settings)
     pipeline.preload(["selfie", "deeplab"])
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {settings.threads} threads, cv2 {cv2.__version__}")

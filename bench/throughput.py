@@ -210,7 +210,7 @@ class Bench:
 
 def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiprocessing.Queue) -> None:
     settings = Settings.from_env({**os.environ, "BACKDROP_THREADS": "1"})
-    retain_freed_memory(settings.retain_freed_memory_mb * 2**20)  # as the workers do
+    retain_freed_memory(settings.retain_freed_memory_mb)  # as the workers do
     pipeline = Pipeline(settings)
     for _ in range(3):  # warm-up
         pipeline.process(image, JobParams())

@@ -30,15 +30,15 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 20)
 """
 
 
-def faults_per_round(retain_bytes: int) -> tuple[bool, float]:
+def faults_per_round(retain_mb: int) -> tuple[bool, float]:
     output = subprocess.run(
-        [sys.executable, "-c", FAULTS_PER_ROUND, str(retain_bytes)], capture_output=True, text=True, check=True
+        [sys.executable, "-c", FAULTS_PER_ROUND, str(retain_mb)], capture_output=True, text=True, check=True
     ).stdout.split()
     return output[0] == "True", float(output[1])
 
 
 def test_kept_memory_is_reused_without_page_faults() -> None:
-    took, kept_faults = faults_per_round(256 << 20)
+    took, kept_faults = faults_per_round(256)
     untouched, default_faults = faults_per_round(0)
     assert took and not untouched
     # 64 MB of fresh pages is 16384 faults: glibc's defaults give much of it back after every round.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import platform
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -256,6 +257,14 @@ def test_threads_pool_worker_with_micro_batching(stack, astronaut_jpeg, chelsea)
         assert node.log_text().count("model files loaded") == 1  # loaded once, shared by the threads
     finally:
         node.stop()
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt thresholds are glibc's")
+def test_worker_processes_keep_freed_memory(stack):
+    """Every pool process sets the allocator up before loading its models (BACKDROP_RETAIN_FREED_MEMORY_MB)."""
+    log = stack.process("worker-backdrop").log_text()
+    loaded = log.count("model files loaded")
+    assert loaded >= stack.workers and log.count("freed memory kept for reuse: yes") == loaded
 
 
 def test_free_ports_are_never_handed_out_twice():

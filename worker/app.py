@@ -61,7 +61,7 @@ def runner() -> JobRunner:
     with _runner_lock:
         if _runner is None:
             started = time.perf_counter()
-            retained = retain_freed_memory(settings.retain_freed_memory_mb * 2**20)
+            retained = retain_freed_memory(settings.retain_freed_memory_mb)
             pipeline = Pipeline(settings, on_batch=BATCH_SIZE.observe)
             pipeline.preload(settings.worker_models)
             storage = open_storage(settings)
