@@ -42,7 +42,7 @@ from backdrop.params import JobParams
 from backdrop.pipeline import STAGES, Pipeline
 from backdrop.pipeline.allocator import retain_freed_memory
 from backdrop.service.jobs import KEY_PREFIX, JobRecord, JobStatus, JobStore
-from backdrop.service.localstack import LocalStack, free_port, start_workers, wait_for_workers
+from backdrop.service.localstack import LocalStack, free_port
 from backdrop.service.queue import make_celery
 from backdrop.settings import Settings
 
@@ -287,17 +287,7 @@ def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, M
         stack = LocalStack(root=Path(root), api_port=free_port(), workers=1)
         stack.start(env)
         try:
-            metrics = Path(root) / "metrics" / "worker-2"
-            metrics.mkdir(parents=True)
-            second = start_workers(
-                {**stack.env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)},
-                concurrency=1,
-                queues=Settings.from_env(stack.env).queue,
-                log_path=Path(root) / "log" / "worker-2.log",
-                name="backdrop2",
-            )
-            stack.processes.append(second)  # stopped with the stack, before the servers
-            wait_for_workers(second, 1)
+            stack.start_worker_node("backdrop2")
             host = socket.gethostname()
             bench = Bench(stack, [f"backdrop@{host}", f"backdrop2@{host}"])
             results = {}

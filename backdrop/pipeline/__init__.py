@@ -146,8 +146,9 @@ class Pipeline:
 
     def preload(self, model_names: Iterable[str]) -> None:
         for name in model_names:
-            for variant in get_model(name).variants:
-                self.engine_for(variant, get_model(name))
+            spec = get_model(name)
+            for variant in spec.variants:
+                self.engine_for(variant, spec)
 
     def _confirming_mask(self, model_name: str, preview: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
         spec = get_model(model_name)

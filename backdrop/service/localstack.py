@@ -358,6 +358,20 @@ class LocalStack:
             self.stop()
             raise
 
+    def start_worker_node(self, name: str, concurrency: int = 1) -> ManagedProcess:
+        """One more worker node on this stack's queue (no beat; its own log and metrics folder), stopped
+        with the stack."""
+        node = start_workers(
+            _with_metrics_dir(self.env, self.root / "metrics" / f"worker-{name}"),
+            concurrency=concurrency,
+            queues=Settings.from_env(self.env).queue,
+            log_path=self.root / "log" / f"worker-{name}.log",
+            name=name,
+        )
+        self.processes.append(node)  # stopped before the servers: the list is stopped in reverse
+        wait_for_workers(node, concurrency)
+        return node
+
     def process(self, name: str) -> ManagedProcess:
         return next(p for p in self.processes if p.name == name)
 
