@@ -3,8 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-# Models are cached inside the checkout; the shared mirror (if present) saves a download.
-export BACKDROP_MODEL_DIR ?= $(CURDIR)/var/models
+# Models go to the one user-wide cache the CLI, the library and the workers read (BACKDROP_MODEL_DIR,
+# default ~/.cache/backdrop/models); a verified mirror beside the checkout, if present, saves a download.
 export BACKDROP_MODEL_MIRRORS ?= $(abspath $(CURDIR)/../shared/models)
 
 .PHONY: install models run test lint bench soak clean

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -32,11 +33,18 @@ class UnreadableFile(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="backdrop", description="Portrait mode for your photos.")
+    # --verbose is accepted before or after the subcommand.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+        help="also show what the libraries underneath say (model runtime, downloads)",
+    )  # fmt: skip
+    parser = argparse.ArgumentParser(prog="backdrop", description="Portrait mode for your photos.", parents=[common])
     commands = parser.add_subparsers(dest="command", required=True)
 
     process = commands.add_parser(
         "process",
+        parents=[common],
         help="blur, replace or cut out the background of photos, on this machine",
         description="Process photos or folders of photos. Settings come from BACKDROP_* environment variables.",
     )
@@ -44,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = commands.add_parser(
         "submit",
+        parents=[common],
         help="send photos to a running Backdrop service and download the results",
         description="Submit photos or folders of photos to a Backdrop service, wait, and download the results.",
     )
@@ -53,11 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--parallel", type=int, default=4, help="jobs in flight at once (default 4)")
     submit.add_argument("--timeout", type=float, default=600, help="seconds to wait for each job (default 600)")
 
-    models = commands.add_parser("models", help="list or fetch the segmentation models")
+    models = commands.add_parser("models", parents=[common], help="list or fetch the segmentation models")
     model_commands = models.add_subparsers(dest="models_command", required=True)
-    listing = model_commands.add_parser("list", help="models, their classes and whether their files are cached")
+    listing = model_commands.add_parser(
+        "list", parents=[common], help="the model cache folder, the models, their classes and cached files"
+    )
     listing.add_argument("--json", action="store_true")
-    fetch = model_commands.add_parser("fetch", help="download and verify model files into the cache")
+    fetch = model_commands.add_parser("fetch", parents=[common], help="download and verify model files into the cache")
     fetch.add_argument("names", nargs="*", metavar="NAME", help="models to fetch (default: all)")
     fetch.add_argument("--all", action="store_true", help="fetch every model")
     return parser
@@ -107,8 +118,18 @@ def _job_fields(args: argparse.Namespace) -> dict[str, str | None]:
     }
 
 
+def _quiet_libraries(verbose: bool) -> None:
+    """A command prints what its user asked for; the libraries' own chatter only with --verbose."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="backdrop: %(name)s: %(message)s", force=True
+    )
+    # TensorFlow's C++ logging (the optional engine) reads this when it is first imported.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "2")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _quiet_libraries(getattr(args, "verbose", False))
     try:
         settings = Settings.from_env()
         if args.command == "models":
@@ -139,7 +160,7 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
     from backdrop.models.registry import MODELS, get_model
 
     if args.models_command == "list":
-        rows = []
+        rows: list[dict] = []
         for spec in MODELS.values():
             files = [
                 {
@@ -154,8 +175,9 @@ def _models(args: argparse.Namespace, settings: Settings) -> int:
             ]
             rows.append({"name": spec.name, "description": spec.description, "classes": spec.classes, "files": files})
         if args.json:
-            print(json.dumps(rows, indent=2))
+            print(json.dumps({"cache": str(settings.model_dir), "models": rows}, indent=2))
             return EXIT_OK
+        print(f"model cache: {settings.model_dir}  (BACKDROP_MODEL_DIR)")
         for row in rows:
             print(f"{row['name']}: {row['description']}")
             print(f"  classes: {', '.join(row['classes'])}")

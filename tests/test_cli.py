@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from backdrop.settings import Settings
 from tests.conftest import encode_rgb
 
 
@@ -77,7 +78,9 @@ def test_usage_errors_exit_2(tmp_path):
 def test_models_list_and_fetch(tmp_path):
     listing = backdrop("models", "list", "--json")
     assert listing.returncode == 0
-    models = {m["name"]: m for m in json.loads(listing.stdout)}
+    report = json.loads(listing.stdout)
+    assert report["cache"] == str(Settings.from_env().model_dir)
+    models = {m["name"]: m for m in report["models"]}
     assert "cat" in models["deeplab"]["classes"] and models["selfie"]["classes"] == ["person"]
     assert backdrop("models", "fetch", "deeplab").returncode == 0
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
+from backdrop.engines.native_log import native_stderr_to_log
+
 
 class LiteRTEngine:
     """One interpreter per model file per process; calls are serialised because interpreters are not
@@ -17,7 +19,8 @@ class LiteRTEngine:
 
     def __init__(self, model_path: Path, *, threads: int) -> None:
         self._interpreter = Interpreter(model_path=str(model_path), num_threads=threads)
-        self._interpreter.allocate_tensors()
+        with native_stderr_to_log():
+            self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
         self._shape = [int(d) for d in self._input["shape"]]
@@ -32,7 +35,8 @@ class LiteRTEngine:
         with self._lock:
             if batch.shape[0] != self._batch:
                 self._interpreter.resize_tensor_input(self._input["index"], [batch.shape[0], *self._shape[1:]])
-                self._interpreter.allocate_tensors()
+                with native_stderr_to_log():
+                    self._interpreter.allocate_tensors()
                 self._batch = batch.shape[0]
             self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(batch, dtype=np.float32))
             self._interpreter.invoke()

@@ -103,9 +103,13 @@ def resolve_model_file(file: ModelFile, settings: Settings) -> Path:
 
     lines = "\n".join(f"  - {a.source}: {a.outcome}" for a in attempts)
     raise ModelUnavailable(
-        f"could not obtain model file {file.file_name} (sha256 {file.sha256}); sources tried:\n{lines}\n"
-        "Fix: put a verified copy in a folder listed in BACKDROP_MODEL_MIRRORS, or allow access to one "
-        "of the sources above, then run `backdrop models fetch`."
+        f"model file {file.file_name} is not in the model cache {settings.model_dir} and could not be "
+        f"fetched (sha256 {file.sha256}); sources tried:\n{lines}\n"
+        "Fix, either:\n"
+        "  - with access to one of the sources above: backdrop models fetch --all\n"
+        "  - offline: put verified copies in a folder, then: "
+        "BACKDROP_MODEL_MIRRORS=/that/folder backdrop models fetch --all\n"
+        "    (in a Backdrop checkout, `make install` uses ../shared/models as that folder)"
     )
 
 
