@@ -314,7 +314,8 @@ def readyz() -> Response:
 
 @blueprint.get("/metrics")
 def metrics() -> Response:
-    body, content_type = render_metrics(QueueDepthCollector(services().jobs.queue_depth, services().settings.queues))
+    svc = services()
+    body, content_type = render_metrics(svc.settings, QueueDepthCollector(svc.jobs.queue_depth, svc.settings.queues))
     return Response(body, content_type=content_type)
 
 

@@ -117,6 +117,9 @@ class Settings:
     flower: bool = False
     log_level: str = "INFO"
     worker_metrics_port: int = 9808
+    # prometheus-client reads this variable itself; it is here so the service knows its metrics are
+    # multi-process (gunicorn workers, Celery prefork children).
+    metrics_dir: Path | None = None
 
     # `backdrop submit` and the Python client.
     client_url: str = "http://127.0.0.1:8080"
@@ -212,5 +215,6 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "flower": ("FLOWER", parse_bool),
     "log_level": ("BACKDROP_LOG_LEVEL", str.upper),
     "worker_metrics_port": ("BACKDROP_WORKER_METRICS_PORT", int),
+    "metrics_dir": ("PROMETHEUS_MULTIPROC_DIR", Path),
     "workers": ("WORKERS", _positive_int),
 }

@@ -10,7 +10,6 @@ nothing is loaded before the fork; a GPU worker runs one process per GPU with ``
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -93,7 +92,7 @@ def fetch_models(**_: object) -> None:
         from prometheus_client import start_http_server
 
         try:
-            start_http_server(settings.worker_metrics_port, registry=metrics_registry())
+            start_http_server(settings.worker_metrics_port, registry=metrics_registry(settings))
             log.info("worker metrics on port %d", settings.worker_metrics_port)
         except OSError as exc:  # e.g. a second worker node on the same machine
             log.warning("worker metrics not served: port %d: %s", settings.worker_metrics_port, exc)
@@ -103,7 +102,7 @@ def fetch_models(**_: object) -> None:
 def forget_process_metrics(pid: int | None = None, **_: object) -> None:
     from prometheus_client import multiprocess
 
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid is not None:
+    if settings.metrics_dir is not None and pid is not None:
         multiprocess.mark_process_dead(pid)
 
 

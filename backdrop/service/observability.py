@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from backdrop.settings import Settings
+
 STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 # API
@@ -63,11 +63,11 @@ class QueueDepthCollector:
         yield gauge
 
 
-def metrics_registry(*extra: object) -> CollectorRegistry:
+def metrics_registry(settings: Settings, *extra: object) -> CollectorRegistry:
     """The registry to expose: all processes' samples in multiprocess mode, else this process's."""
-    if os.environ.get(MULTIPROCESS_ENV):
+    if settings.metrics_dir is not None:
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry, path=str(settings.metrics_dir))
     else:
         registry = CollectorRegistry()
         registry.register(_Forward(REGISTRY))
@@ -84,8 +84,8 @@ class _Forward:
         return self._registry.collect()
 
 
-def render_metrics(*extra: object) -> tuple[bytes, str]:
-    return generate_latest(metrics_registry(*extra)), CONTENT_TYPE_LATEST
+def render_metrics(settings: Settings, *extra: object) -> tuple[bytes, str]:
+    return generate_latest(metrics_registry(settings, *extra)), CONTENT_TYPE_LATEST
 
 
 def observe_stages(timings_ms: dict[str, float]) -> None:
