@@ -21,14 +21,15 @@ from backdrop.engines.batching import BatchingEngine
 from backdrop.errors import JobTimeout, ParameterError
 from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import ModelSpec, ModelVariant, get_model, register_frozen_deeplab
-from backdrop.params import Effect, JobParams, OutputFormat
+from backdrop.params import Effect, JobParams, Keep, OutputFormat
 from backdrop.pipeline.effects import apply_effect
 from backdrop.pipeline.geometry import make_preview
 from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.pipeline.metadata import attach_exif, upright_exif
 from backdrop.pipeline.pixels import pixel_ops
-from backdrop.pipeline.refine import clean_probability, refine_alpha
-from backdrop.pipeline.segment import segment
+from backdrop.pipeline.refine import Alpha, clean_probability, refine_alpha
+from backdrop.pipeline.segment import Segmentation, segment
+from backdrop.pipeline.subject import held_objects, look_closer, merge_looks, needs_scan, scan_tiles, work_size
 from backdrop.settings import Settings
 
 # Long side of the shared reduced copy that model input, guided-filter solve and blur are made from.
@@ -36,6 +37,8 @@ PREVIEW_LONG_SIDE = 1024
 # A target covering less than this share of the image counts as not found.
 FOUND_MIN_COVERAGE = 0.001
 STAGES = ("decode", "segment", "refine", "effect", "encode")
+# An object counts as held when it comes this close (model pixels) to the subject.
+HELD_REACH_MODEL_PIXELS = 1
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,32 @@ class ProcessResult:
         }
 
 
-class _StageClock:
+@dataclass(frozen=True)
+class SubjectMap:
+    """What the segmentation stage found: ``probability`` (work resolution, float32 0-1) that a pixel is
+    the subject, the share of the photo each target covers, the model and variant of the first pass, and
+    how many closer looks were taken. ``model_pixel``: the size of one first-pass model pixel in
+    preview pixels (how coarse the first pass saw the photo)."""
+
+    probability: np.ndarray
+    detected: dict[str, float]
+    model: str
+    model_pixel: float
+    looks: int = 0
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One processed frame: ``rendered`` (BGR, BGRA for cutout, one channel for mask), the matte, what
+    was found, and whether any target was (if not, the whole frame was treated as background)."""
+
+    rendered: np.ndarray
+    alpha: Alpha
+    subject: SubjectMap
+    found: bool
+
+
+class StageClock:
     """Times each stage; with a deadline (``time.monotonic()`` seconds), a stage that would start after
     it raises :class:`JobTimeout` instead. That is the time limit where no signal can interrupt a job
     (a threads pool); a stage already running is not interrupted."""
@@ -150,11 +178,119 @@ class Pipeline:
             for variant in spec.variants:
                 self.engine_for(variant, spec)
 
-    def _confirming_mask(self, model_name: str, preview: np.ndarray, targets: tuple[str, ...]) -> np.ndarray:
-        spec = get_model(model_name)
-        variant = spec.variant_for(preview.shape[1], preview.shape[0])
-        confirming = segment(self.engine_for(variant, spec), preview, spec, variant, targets, with_probability=False)
-        return np.logical_or.reduce(list(confirming.class_masks.values()))
+    def _segment(
+        self, spec: ModelSpec, image: np.ndarray, targets: tuple[str, ...], *, with_probability: bool = True
+    ) -> Segmentation:
+        """One model pass over ``image`` with the variant that fits its aspect ratio."""
+        variant = spec.variant_for(image.shape[1], image.shape[0])
+        return segment(self.engine_for(variant, spec), image, spec, variant, targets, with_probability=with_probability)
+
+    def _whole_and_tiles(
+        self, spec: ModelSpec, preview: np.ndarray, targets: tuple[str, ...], work_w: int, work_h: int
+    ) -> tuple[Segmentation, Segmentation | None, np.ndarray, dict[str, np.ndarray]]:
+        """The first pass over the whole preview (and the confirming model's, where the first knows one
+        class), as the work-resolution probability and class masks; where every subject it found is
+        small, tiles of the preview are passed over too and fill in what the whole-photo pass missed."""
+        confirm_spec = get_model(spec.confirm_with) if spec.confirm_with and self.settings.confirm_targets else None
+
+        def passes(image: np.ndarray) -> tuple[Segmentation, Segmentation | None]:
+            first = self._segment(spec, image, targets)
+            confirming = self._segment(confirm_spec, image, targets, with_probability=False) if confirm_spec else None
+            return first, confirming
+
+        first, confirming = passes(preview)
+        knowing = confirming or first
+        probability = cv2.resize(first.probability, (work_w, work_h), interpolation=cv2.INTER_LINEAR)
+        class_masks = {t: _resized_mask(m, work_w, work_h) for t, m in knowing.class_masks.items()}
+        found = (probability >= 0.5) | np.logical_or.reduce(list(class_masks.values()))
+        if not (self.settings.closer_look and needs_scan(found)):
+            return first, confirming, probability, class_masks
+        sx, sy = preview.shape[1] / work_w, preview.shape[0] / work_h
+        tiles = []
+        for tile in scan_tiles(work_w, work_h):
+            region = tile.scaled(sx, sy)
+            tile_first, tile_confirming = passes(
+                np.ascontiguousarray(preview[region.y0 : region.y1, region.x0 : region.x1])
+            )
+            size = (tile.width, tile.height)
+            tiles.append((tile, cv2.resize(tile_first.probability, size, interpolation=cv2.INTER_LINEAR)))
+            for target, mask in (tile_confirming or tile_first).class_masks.items():
+                class_masks[target][tile.y0 : tile.y1, tile.x0 : tile.x1] |= _resized_mask(mask, *size)
+        return first, confirming, merge_looks(probability, tiles), class_masks
+
+    def find_subject(self, preview: np.ndarray, params: JobParams) -> SubjectMap:
+        """The targets' probability at work resolution: a first pass over the whole preview (and over tiles
+        of it when every subject is small), confirmed by a second model where the first knows only one
+        class, a closer look at each subject region, then cleaned (unconfirmed regions, far islands, haze)
+        and what the subject holds kept or left out as ``params.keep`` says."""
+        spec = get_model(params.model)
+        targets = params.targets
+        height, width = preview.shape[:2]
+        work_w, work_h = work_size(width, height)
+        first, confirming, probability, class_masks = self._whole_and_tiles(spec, preview, targets, work_w, work_h)
+        any_target = np.logical_or.reduce(list(class_masks.values()))
+        looks = 0
+        if self.settings.closer_look:
+            probability, looks = look_closer(
+                probability,
+                (probability >= 0.5) | any_target,
+                preview,
+                lambda crop: self._segment(spec, crop, targets).probability,
+            )
+        scale = work_w / first.probability.shape[1]  # work pixels per first-pass model pixel
+        probability = clean_probability(
+            probability,
+            evidence=any_target if confirming is not None else None,
+            drop_far_islands=not params.keep_islands,
+            scale=scale,
+        )
+        knowing = confirming or first
+        if knowing.labels is not None:
+            probability = _objects_kept_or_not(
+                probability, knowing.labels, knowing_spec(spec), params, scale, first if confirming else None
+            )
+        kept = probability >= 0.5
+        detected = {t: round(float(np.count_nonzero(m & kept)) / m.size, 4) for t, m in class_masks.items()}
+        variant = spec.variant_for(width, height)
+        return SubjectMap(
+            probability=probability,
+            detected=detected,
+            model=f"{spec.name}/{variant.name}",
+            model_pixel=width / first.probability.shape[1],
+            looks=looks,
+        )
+
+    def process_frame(
+        self,
+        image: np.ndarray,
+        params: JobParams,
+        *,
+        background: np.ndarray | None = None,
+        input_alpha: np.ndarray | None = None,
+        clock: StageClock | None = None,
+    ) -> FrameResult:
+        """One upright BGR frame (HxWx3 uint8) in, the rendered frame out: the stages every still image,
+        video frame and live frame goes through. ``clock`` times the stages (and enforces a deadline)."""
+        clock = clock or StageClock()
+        with clock.stage("segment"):
+            preview = make_preview(image, PREVIEW_LONG_SIDE)
+            subject = self.find_subject(preview, params)
+        with clock.stage("refine"):
+            found = sum(subject.detected.values()) >= FOUND_MIN_COVERAGE
+            probability = subject.probability if found else np.zeros_like(subject.probability)
+            alpha = refine_alpha(probability, image, preview, model_pixel=subject.model_pixel, ops=self.pixels)
+        with clock.stage("effect"):
+            rendered = apply_effect(
+                image,
+                preview,
+                alpha.full,
+                alpha.preview,
+                params,
+                input_alpha=input_alpha,
+                background=background,
+                ops=self.pixels,
+            )
+        return FrameResult(rendered=rendered, alpha=alpha, subject=subject, found=found)
 
     def process(
         self,
@@ -167,8 +303,7 @@ class Pipeline:
     ) -> ProcessResult:
         """Run one job. ``deadline`` (``time.monotonic()`` seconds; ``limit_s`` names it in the message)
         is checked before each stage."""
-        clock = _StageClock(deadline, limit_s)
-        spec = get_model(params.model)
+        clock = StageClock(deadline, limit_s)
         with clock.stage("decode"):
             decoded = load_image(data, self.settings)
             backdrop_image = None
@@ -177,54 +312,66 @@ class Pipeline:
                     raise ParameterError("background", "effect replace needs a background image")
                 backdrop_image = load_image(background, self.settings).bgr
             output_format = params.output_format(decoded.info.format)
-        image = decoded.bgr
-        height, width = image.shape[:2]
-
-        with clock.stage("segment"):
-            preview = make_preview(image, PREVIEW_LONG_SIDE)
-            variant = spec.variant_for(width, height)
-            segmentation = segment(self.engine_for(variant, spec), preview, spec, variant, params.targets)
-            evidence = None
-            if spec.confirm_with and self.settings.confirm_targets:
-                evidence = self._confirming_mask(spec.confirm_with, preview, params.targets)
-
-        with clock.stage("refine"):
-            probability = segmentation.probability
-            probability = clean_probability(probability, evidence=evidence, drop_far_islands=not params.keep_islands)
-            kept = probability >= 0.5
-            detected = {
-                target: round(float(np.count_nonzero(mask & kept)) / mask.size, 4)
-                for target, mask in segmentation.class_masks.items()
-            }
-            found = sum(detected.values()) >= FOUND_MIN_COVERAGE
-            if not found:
-                probability = np.zeros_like(probability)  # nothing found: the whole image is background
-            alpha = refine_alpha(probability, image, preview, ops=self.pixels)
-
-        with clock.stage("effect"):
-            rendered = apply_effect(
-                image,
-                preview,
-                alpha.full,
-                alpha.preview,
-                params,
-                input_alpha=decoded.alpha,
-                background=backdrop_image,
-                ops=self.pixels,
-            )
-
+        frame = self.process_frame(
+            decoded.bgr, params, background=backdrop_image, input_alpha=decoded.alpha, clock=clock
+        )
         with clock.stage("encode"):
-            encoded = encode_image(rendered, output_format, params.quality)
+            encoded = encode_image(frame.rendered, output_format, params.quality)
             if params.keep_metadata and decoded.info.exif:
                 encoded = attach_exif(encoded, output_format, upright_exif(decoded.info.exif))
-
+        height, width = decoded.bgr.shape[:2]
         return ProcessResult(
             data=encoded,
             format=output_format,
             width=width,
             height=height,
-            model=f"{spec.name}/{variant.name}",
-            detected=detected,
-            found=found,
+            model=frame.subject.model,
+            detected=frame.subject.detected,
+            found=frame.found,
             timings_ms=clock.timings_ms,
         )
+
+
+def _resized_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
+    return cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def knowing_spec(spec: ModelSpec) -> ModelSpec:
+    """The model whose labels name every class: the confirming one, where the job's model knows only one."""
+    return get_model(spec.confirm_with) if spec.confirm_with else spec
+
+
+def _objects_kept_or_not(
+    probability: np.ndarray,
+    labels: np.ndarray,
+    spec: ModelSpec,
+    params: JobParams,
+    scale: float,
+    person_only_pass: Segmentation | None,
+) -> np.ndarray:
+    """What the subject holds, rides or sits on, decided by ``params.keep`` rather than by accident.
+
+    Objects are the pixels ``spec`` (a model that names many classes) gives to a class that is neither a
+    target nor the background. ``keep=held``: the held ones join the subject. ``keep=targets``: where a
+    person-only first pass took an object for part of the person (the chair sat on, the clothes on it),
+    the object's inner pixels are background."""
+    height, width = probability.shape
+    others = [
+        i for i, label in enumerate(spec.labels) if label != spec.background_label and label not in params.targets
+    ]
+    objects = _resized_mask(np.isin(labels, others), width, height)
+    if not objects.any():
+        return probability
+    foreground = None
+    if person_only_pass is not None:
+        foreground = _resized_mask(person_only_pass.probability >= 0.5, width, height)
+    if params.keep is Keep.HELD:
+        reach = max(1, round(HELD_REACH_MODEL_PIXELS * scale))
+        held = held_objects(objects, probability >= 0.5, reach=reach, foreground=foreground)
+        return np.maximum(probability, held.astype(np.float32))
+    if foreground is None:
+        return probability  # a model that names every class already left other objects out
+    # The inner pixels only: the two models' edges disagree by a model pixel or so.
+    margin = max(1, round(scale))
+    inner = cv2.erode(objects.astype(np.uint8), np.ones((2 * margin + 1, 2 * margin + 1), np.uint8)) > 0
+    return np.where(inner, 0.0, probability).astype(np.float32)

@@ -3,9 +3,11 @@
 1. ``clean_probability``: regions a confirming model does not see as the target (a coat on a chair
    that a person-only model took for a person) and small blobs far from the main subject are removed,
    at model resolution.
-2. ``refine_alpha``: a fast guided filter (He & Sun, 2015) fits the upsampled probability to the photo's
-   own edges: coefficients are solved on the shared preview and applied to the full-resolution photo,
-   so edges are full-resolution and soft where the photo is (hair), at a fraction of the cost.
+2. ``refine_alpha``: a trimap (certain subject, certain background, an unknown band as wide as the
+   model's uncertainty), then a fast guided filter (He & Sun, 2015) fits the probability to the photo's
+   own edges inside the band: coefficients are solved on the shared preview and applied to the
+   full-resolution photo, so edges are full-resolution and soft where the photo is (hair), at a fraction
+   of the cost, and everything outside the band is exactly subject or background.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ RIM_PIXELS = 3
 # mask may miss the region's edge.
 EVIDENCE_MIN_SHARE = 0.25
 EVIDENCE_SLACK_PIXELS = 2
+# The matte's unknown band reaches this many model pixels either side of the subject's boundary: the
+# width over which a model's upsampled output is unsure where the edge lies.
+UNKNOWN_BAND_MODEL_PIXELS = 1.5
 
 
 @dataclass(frozen=True)
@@ -42,13 +47,17 @@ class Alpha:
 
 
 def clean_probability(
-    probability: np.ndarray, *, evidence: np.ndarray | None = None, drop_far_islands: bool = True
+    probability: np.ndarray,
+    *,
+    evidence: np.ndarray | None = None,
+    drop_far_islands: bool = True,
+    scale: float = 1.0,
 ) -> np.ndarray:
     """``probability`` with unwanted subject regions (and soft haze away from kept ones) set to 0.
 
     ``evidence``: a boolean mask (any resolution) from a second model that knows the target class; a
     region of the first model is kept only where enough of it is confirmed there. ``drop_far_islands``
-    drops small regions far from the main subject.
+    drops small regions far from the main subject. ``scale``: pixels of ``probability`` per model pixel.
     """
     mask = (probability >= 0.5).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
@@ -57,7 +66,8 @@ def clean_probability(
     candidate[0] = False  # label 0 is the background
     if evidence is not None:
         evidence = cv2.resize(evidence.astype(np.uint8), mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
-        evidence = cv2.dilate(evidence, np.ones((3, 3), np.uint8), iterations=EVIDENCE_SLACK_PIXELS) > 0
+        slack = max(1, round(EVIDENCE_SLACK_PIXELS * scale))
+        evidence = cv2.dilate(evidence, np.ones((3, 3), np.uint8), iterations=slack) > 0
         confirmed = np.bincount(labels[evidence], minlength=count)
         candidate &= confirmed >= EVIDENCE_MIN_SHARE * areas
     if not candidate.any():
@@ -67,11 +77,12 @@ def clean_probability(
         large = candidate & (areas >= ISLAND_MIN_AREA * areas[candidate].max())
         gap_to_large = cv2.distanceTransform((~large[labels]).astype(np.uint8), cv2.DIST_L2, 3)
         limit = ISLAND_MAX_GAP * math.hypot(*probability.shape)
-        for component in np.flatnonzero(candidate & ~large):
-            keep[component] = gap_to_large[labels == component].min() <= limit
+        near = np.zeros(count, dtype=bool)
+        near[np.unique(labels[gap_to_large <= limit])] = True  # components with a pixel close to a large one
+        keep = large | (candidate & near)
     distance_to_kept = cv2.distanceTransform((~keep[labels]).astype(np.uint8), cv2.DIST_L2, 3)
     result = probability.copy()
-    result[distance_to_kept > RIM_PIXELS] = 0.0
+    result[distance_to_kept > RIM_PIXELS * scale] = 0.0
     return result
 
 
@@ -79,16 +90,47 @@ def _box(pixels: np.ndarray, radius: int) -> np.ndarray:
     return cv2.boxFilter(pixels, -1, (2 * radius + 1, 2 * radius + 1), borderType=cv2.BORDER_REFLECT)
 
 
+def trimap(probability: np.ndarray, band: float) -> tuple[np.ndarray, np.ndarray]:
+    """(subject, unknown) as float32 0/1 planes: the subject is where ``probability`` is at least 0.5; the
+    unknown band is every pixel within ``band`` pixels of that boundary. Outside it the matte is certain:
+    1 on the subject, 0 elsewhere, whatever faint probability the model left there."""
+    subject = (probability >= 0.5).astype(np.uint8)
+    inside = cv2.distanceTransform(subject, cv2.DIST_L2, 3)
+    outside = cv2.distanceTransform(1 - subject, cv2.DIST_L2, 3)
+    unknown = (cv2.max(inside, outside) <= band).astype(np.float32)  # one of the two is 0 at every pixel
+    return subject.astype(np.float32), unknown
+
+
 def refine_alpha(
-    probability: np.ndarray, image: np.ndarray, preview: np.ndarray, *, eps: float = 1e-3, ops: PixelOps = OPENCV
+    probability: np.ndarray,
+    image: np.ndarray,
+    preview: np.ndarray,
+    *,
+    model_pixel: float | None = None,
+    eps: float = 1e-3,
+    ops: PixelOps = OPENCV,
 ) -> Alpha:
-    """Guided-filter ``probability`` (any resolution) against ``image``, solving on ``preview``."""
+    """The matte of ``image`` from ``probability`` (any resolution), solved on ``preview``.
+
+    A trimap first: certain subject, certain background, and between them a band as wide as the model's
+    own uncertainty (``UNKNOWN_BAND_MODEL_PIXELS`` model pixels either side of the 0.5 boundary;
+    ``model_pixel`` is the size of one, in preview pixels). In the band a guided filter fits the
+    probability to the photo's own edges; outside it the matte is exactly 0 or 1, so faint haze in the
+    background never becomes a half-sharp ghost and the subject has no holes."""
     preview_h, preview_w = preview.shape[:2]
     guide = cv2.cvtColor(preview, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255
-    target = cv2.resize(probability, (preview_w, preview_h), interpolation=cv2.INTER_LINEAR)
+    if model_pixel is None:
+        model_pixel = max(preview_h, preview_w) / max(probability.shape)
+    # The trimap is found on the probability's own grid (cheaper), then enlarged with the probability.
+    band = UNKNOWN_BAND_MODEL_PIXELS * model_pixel * probability.shape[1] / preview_w
+    subject, unknown = trimap(probability, band)
+    size = (preview_w, preview_h)
+    target = cv2.resize(probability, size, interpolation=cv2.INTER_LINEAR)
+    certain = cv2.resize(subject, size, interpolation=cv2.INTER_NEAREST)
+    unknown = cv2.resize(unknown, size, interpolation=cv2.INTER_NEAREST)
+    target = certain + unknown * (target - certain)
     # About two model pixels: wide enough to cover the model's uncertain band at the edge.
-    model_scale = max(preview_h, preview_w) / max(probability.shape)
-    radius = max(1, round(2 * model_scale))
+    radius = max(1, round(2 * model_pixel))
 
     mean_guide = _box(guide, radius)
     mean_target = _box(target, radius)
@@ -98,6 +140,9 @@ def refine_alpha(
     offset = mean_target - gain * mean_guide
     mean_gain = _box(gain, radius)
     mean_offset = _box(offset, radius)
+    # Certain pixels: alpha = 0 * gray + (0 or 1), exactly.
+    mean_gain *= unknown
+    mean_offset = certain + unknown * (mean_offset - certain)
     alpha_preview = np.clip(mean_gain * guide + mean_offset, 0.0, 1.0)
 
     height, width = image.shape[:2]

@@ -15,10 +15,12 @@ from backdrop.pipeline.geometry import resize_to
 @dataclass(frozen=True)
 class Segmentation:
     """Model-resolution results: ``probability`` (HxW float32) that a pixel belongs to any target, and for
-    each target the pixels where that class is the most likely one."""
+    each target the pixels where that class is the most likely one. ``labels`` (multi-class models): the
+    index of the most likely label of every pixel, whatever the targets."""
 
     probability: np.ndarray
     class_masks: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
 
 
 def input_region(width: int, height: int, spec: ModelSpec, variant: ModelVariant) -> tuple[int, int]:
@@ -54,17 +56,17 @@ def read_output(
     if spec.output == "labels":
         labels = output[..., 0].astype(np.int64)
         masks = {t: labels == spec.labels.index(t) for t in targets}
-        return Segmentation(np.logical_or.reduce(list(masks.values())).astype(np.float32), masks)
+        return Segmentation(np.logical_or.reduce(list(masks.values())).astype(np.float32), masks, labels)
     # Channel-first makes the per-pixel reductions over classes contiguous (several times faster).
     logits = np.ascontiguousarray(np.moveaxis(output, -1, 0), dtype=np.float32)
     indexes = [spec.labels.index(t) for t in targets]
     winner = logits.argmax(axis=0)
     masks = {t: winner == i for t, i in zip(targets, indexes, strict=True)}
     if not with_probability:
-        return Segmentation(np.zeros(winner.shape, np.float32), masks)
+        return Segmentation(np.zeros(winner.shape, np.float32), masks, winner)
     exp = np.exp(logits - logits.max(axis=0))
     probability = (exp[indexes].sum(axis=0) / exp.sum(axis=0)).astype(np.float32)
-    return Segmentation(probability, masks)
+    return Segmentation(probability, masks, winner)
 
 
 def segment(
