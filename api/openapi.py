@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from backdrop.models.registry import MODELS
-from backdrop.params import BLUR_LEVELS, Bokeh, Effect, OutputFormat
+from backdrop.params import BLUR_LEVELS, Bokeh, Effect, Keep, OutputFormat
 
 _ERROR = {
     "type": "object",
@@ -117,6 +117,8 @@ def openapi_document() -> dict[str, Any]:
                                         "color": {"type": "string", "pattern": "^#?[0-9a-fA-F]{6}$"},
                                         "format": {"type": "string", "enum": [f.value for f in OutputFormat]},
                                         "quality": {"type": "string", "description": "1-100"},
+                                        "keep": {"type": "string", "enum": [k.value for k in Keep],
+                                                 "description": "held: also what the targets hold, ride or sit on"},
                                         "keep_islands": {"type": "string", "enum": ["true", "false"]},
                                         "keep_metadata": {"type": "string", "enum": ["true", "false"]},
                                     },

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from backdrop.errors import BackdropError, ModelUnavailable, UnknownModel
-from backdrop.params import BLUR_LEVELS, Bokeh, Effect, JobParams
+from backdrop.params import BLUR_LEVELS, Bokeh, Effect, JobParams, Keep
 from backdrop.settings import Settings
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_IO, EXIT_SERVICE = 0, 1, 2, 3, 4, 5
@@ -92,6 +92,11 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--color", help="background colour #RRGGBB for --effect color")
     parser.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"], help="output format (default: input's)")
     parser.add_argument("--quality", help="JPEG/WebP quality 1-100 (default 90)")
+    parser.add_argument(
+        "--keep",
+        choices=[k.value for k in Keep],
+        help="targets: only the target classes (default); held: also what they hold, ride or sit on",
+    )
     parser.add_argument("--keep-islands", action="store_true", help="keep small subject regions far from the main one")
     parser.add_argument(
         "--keep-metadata", action="store_true", help="copy the input's EXIF (GPS included) to the output"
@@ -113,6 +118,7 @@ def _job_fields(args: argparse.Namespace) -> dict[str, str | None]:
         "color": args.color,
         "format": fmt,
         "quality": args.quality,
+        "keep": args.keep,
         "keep_islands": "true" if args.keep_islands else None,
         "keep_metadata": "true" if args.keep_metadata else None,
     }

@@ -31,6 +31,13 @@ class Bokeh(StrEnum):
     LENS = "lens"
 
 
+class Keep(StrEnum):
+    """What stays sharp besides the target pixels themselves."""
+
+    TARGETS = "targets"  # only what the models call a target
+    HELD = "held"  # also objects in contact with a target: a held book or bottle, the bike ridden, the chair sat on
+
+
 class OutputFormat(StrEnum):
     JPEG = "jpeg"
     PNG = "png"
@@ -110,12 +117,13 @@ class JobParams:
     color: tuple[int, int, int] = (255, 255, 255)
     format: OutputFormat | None = None
     quality: int = 90
+    keep: Keep = Keep.TARGETS
     keep_islands: bool = False
     keep_metadata: bool = False
 
     FIELDS = (
-        "effect", "strength", "bokeh", "targets", "model", "color", "format", "quality", "keep_islands",
-        "keep_metadata",
+        "effect", "strength", "bokeh", "targets", "model", "color", "format", "quality", "keep",
+        "keep_islands", "keep_metadata",
     )  # fmt: skip
 
     @classmethod
@@ -138,6 +146,8 @@ class JobParams:
             kwargs["format"] = _choice(OutputFormat, "format", given["format"], FORMAT_ALIASES)
         if "quality" in given:
             kwargs["quality"] = _int_in_range("quality", given["quality"], 1, 100)
+        if "keep" in given:
+            kwargs["keep"] = _choice(Keep, "keep", given["keep"])
         for flag in ("keep_islands", "keep_metadata"):
             if flag in given:
                 kwargs[flag] = _bool(flag, given[flag])
@@ -170,6 +180,7 @@ class JobParams:
             "color": "#{:02X}{:02X}{:02X}".format(*self.color),
             "format": self.format.value if self.format else None,
             "quality": self.quality,
+            "keep": self.keep.value,
             "keep_islands": self.keep_islands,
             "keep_metadata": self.keep_metadata,
         }
