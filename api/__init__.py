@@ -51,7 +51,10 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     if settings.frozen_model:  # so requests can name it; the API never loads it
         register_frozen_deeplab(settings.frozen_model, settings.frozen_model_sha256)
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 2 * settings.max_image_bytes + _FORM_OVERHEAD_BYTES
+    # A photo and a background, or a video and a background. Werkzeug spools uploads over 500 KiB to a
+    # temporary file, so a large video never sits in the API's memory.
+    largest = max(2 * settings.max_image_bytes, settings.max_video_bytes + settings.max_image_bytes)
+    app.config["MAX_CONTENT_LENGTH"] = largest + _FORM_OVERHEAD_BYTES
     # Werkzeug applies this to its parse buffer too, which can hold two 64 KiB reads: keep it well above.
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
     app.json.sort_keys = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from backdrop.models.registry import MODELS
-from backdrop.params import BLUR_LEVELS, Bokeh, Effect, Keep, OutputFormat
+from backdrop.params import BLUR_LEVELS, Bokeh, Effect, Keep, OutputFormat, VideoFormat
 
 _ERROR = {
     "type": "object",
@@ -30,7 +30,13 @@ _JOB = {
                  "result", "error"],
     "properties": {
         "id": {"type": "string"},
+        "kind": {"type": "string", "enum": ["image", "video"]},
         "status": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]},
+        "progress": {
+            "type": "object",
+            "description": "videos only: frames rendered and frames in the clip",
+            "properties": {"done": {"type": "integer"}, "total": {"type": "integer"}},
+        },
         "created_at": {"type": "string", "format": "date-time"},
         "started_at": _NULLABLE_TIME,
         "finished_at": _NULLABLE_TIME,
@@ -51,6 +57,10 @@ _JOB = {
                 "height": {"type": "integer"},
                 "bytes": {"type": "integer"},
                 "expires_at": {"type": "string", "format": "date-time"},
+                "duration_s": {"type": "number", "description": "videos only"},
+                "frames": {"type": "integer", "description": "videos only"},
+                "fps": {"type": "number", "description": "videos only"},
+                "audio": {"type": "boolean", "description": "videos only: the result has sound"},
             },
         },
         "error": {
@@ -102,9 +112,12 @@ def openapi_document() -> dict[str, Any]:
                             "multipart/form-data": {
                                 "schema": {
                                     "type": "object",
-                                    "required": ["image"],
+                                    "description": "exactly one of image and video",
                                     "properties": {
-                                        "image": {"type": "string", "format": "binary"},
+                                        "image": {"type": "string", "format": "binary",
+                                                  "description": "a photo: JPEG, PNG or WebP"},
+                                        "video": {"type": "string", "format": "binary",
+                                                  "description": "a clip: MP4, MOV, M4V, WebM, MKV, AVI, GIF"},
                                         "background": {"type": "string", "format": "binary",
                                                        "description": "for effect=replace"},
                                         "effect": {"type": "string", "enum": [e.value for e in Effect]},
@@ -115,7 +128,10 @@ def openapi_document() -> dict[str, Any]:
                                                     "description": "comma list of: " + ", ".join(classes)},
                                         "model": {"type": "string", "enum": list(MODELS)},
                                         "color": {"type": "string", "pattern": "^#?[0-9a-fA-F]{6}$"},
-                                        "format": {"type": "string", "enum": [f.value for f in OutputFormat]},
+                                        "format": {"type": "string",
+                                                   "enum": [*(f.value for f in OutputFormat),
+                                                            *(f.value for f in VideoFormat)],
+                                                   "description": "jpeg, png, webp for photos; mp4, webm for videos"},
                                         "quality": {"type": "string", "description": "1-100"},
                                         "keep": {"type": "string", "enum": [k.value for k in Keep],
                                                  "description": "held: also what the targets hold, ride or sit on"},
@@ -138,8 +154,8 @@ def openapi_document() -> dict[str, Any]:
                         },
                         "400": _error("malformed request or parameter"),
                         "401": _error("API keys are configured and none (or a wrong one) was sent"),
-                        "413": _error("too large"),
-                        "415": _error("not a supported image (by content)"),
+                        "413": _error("too large, or a video too long"),
+                        "415": _error("not a supported image or video (by content)"),
                         "422": _error("semantically invalid (target, model, colour, idempotency key reuse)"),
                         "429": _error("the queue is full; retry after the Retry-After header's seconds"),
                         "503": _error("broker or storage unavailable"),
@@ -155,11 +171,12 @@ def openapi_document() -> dict[str, Any]:
                                   "404": _error("unknown job"), "503": _error("unavailable")},
                 },
                 "delete": {
-                    "summary": "Cancel a queued job",
+                    "summary": "Cancel a queued job, or a running video",
                     "operationId": "cancelJob",
                     "parameters": [_job_id_parameter()],
                     "responses": {
                         "200": job_response,
+                        "202": {**job_response, "description": "a running video: its workers stop within seconds"},
                         "404": _error("unknown job"),
                         "409": _error("already running or finished"),
                         "503": _error("unavailable"),

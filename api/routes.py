@@ -11,20 +11,24 @@ import re
 import time
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
+from werkzeug.datastructures import FileStorage
 
 from api import Services
 from api.errors import ApiError
 from api.openapi import openapi_document
 from backdrop.errors import ParameterError
 from backdrop.models.registry import DEFAULT_GENERAL_MODEL, DEFAULT_PERSON_MODEL, MODELS
-from backdrop.params import Effect, JobParams
+from backdrop.params import Effect, JobParams, MediaKind, OutputFormat, VideoFormat
 from backdrop.probe import probe_image
 from backdrop.service.jobs import JobRecord, JobStatus
 from backdrop.service.observability import JOBS_SUBMITTED, QueueDepthCollector, render_metrics
-from backdrop.service.queue import enqueue
+from backdrop.service.queue import PROCESS_TASK, VIDEO_TASK, enqueue
+from backdrop.settings import Settings
+from backdrop.video.probe import ACCEPTED as ACCEPTED_VIDEOS
+from backdrop.video.probe import VideoError, VideoInfo, probe_video
 
 blueprint = Blueprint("v1", __name__)
 log = logging.getLogger("backdrop.api")
@@ -105,6 +109,13 @@ def present(record: JobRecord) -> dict[str, Any]:
     """The public view of a job record."""
     settings = services().settings
     result = None
+    extra: dict[str, Any] = {}
+    if record.is_video:
+        total = int((record.source or {}).get("frames") or 0)
+        done = services().jobs.progress(record.id) if record.status is not JobStatus.QUEUED else 0
+        if record.status is JobStatus.SUCCEEDED and record.result is not None and record.result.frames:
+            done = total = record.result.frames
+        extra["progress"] = {"done": min(done, total) if total else done, "total": total}
     if record.status is JobStatus.SUCCEEDED and record.result is not None:
         expiry = settings.result_url_expiry_s
         storage = services().storage
@@ -118,9 +129,18 @@ def present(record: JobRecord) -> dict[str, Any]:
             "bytes": record.result.bytes,
             "expires_at": _iso(time.time() + expiry),
         }
+        if record.is_video:
+            result.update(
+                duration_s=record.result.duration_s,
+                frames=record.result.frames,
+                fps=record.result.fps,
+                audio=record.result.audio,
+            )
     return {
         "id": record.id,
+        "kind": record.params.kind.value,
         "status": record.status.value,
+        **extra,
         "created_at": _iso(record.created_at),
         "started_at": _iso(record.started_at),
         "finished_at": _iso(record.finished_at),
@@ -143,22 +163,58 @@ def _job_response(record: JobRecord, status: int = 200) -> Response:
     return response
 
 
-def _read_upload(field: str, *, required: bool) -> bytes | None:
+def _upload(field: str) -> FileStorage | None:
     upload = request.files.get(field)
-    if upload is None:
-        if field in request.form:
-            raise ParameterError(field, "must be sent as a file (multipart/form-data)")
-        if required:
-            raise ParameterError(field, "required: send the photo as a multipart/form-data file field")
-        return None
-    return upload.read()
+    if upload is None and field in request.form:
+        raise ParameterError(field, "must be sent as a file (multipart/form-data)")
+    return upload
 
 
-def _fingerprint(params: JobParams, image: bytes, background: bytes | None) -> str:
+def _media_upload() -> tuple[MediaKind, FileStorage]:
+    """The job's one file: ``image`` (a photo) or ``video``."""
+    image, video = _upload("image"), _upload("video")
+    if image is not None and video is not None:
+        raise ParameterError("video", "send either an image or a video, not both")
+    if image is not None:
+        return MediaKind.IMAGE, image
+    if video is not None:
+        return MediaKind.VIDEO, video
+    raise ParameterError("image", "required: send a photo as the file field image, or a clip as video")
+
+
+def _stream_size(stream: BinaryIO) -> int:
+    stream.seek(0, 2)
+    size = stream.tell()
+    stream.seek(0)
+    return size
+
+
+def _sha256_of(stream: BinaryIO) -> bytes:
+    """The digest of a file read in parts (a video is never read whole into memory)."""
+    digest = hashlib.sha256()
+    stream.seek(0)
+    while chunk := stream.read(1 << 20):
+        digest.update(chunk)
+    stream.seek(0)
+    return digest.digest()
+
+
+def _fingerprint(params: JobParams, media: bytes | BinaryIO, background: bytes | None) -> str:
     digest = hashlib.sha256(json.dumps(params.as_dict(), sort_keys=True).encode())
-    digest.update(hashlib.sha256(image).digest())
+    digest.update(hashlib.sha256(media).digest() if isinstance(media, bytes) else _sha256_of(media))
     digest.update(hashlib.sha256(background or b"").digest())
     return digest.hexdigest()
+
+
+def _checked_video(stream: BinaryIO, settings: Settings) -> VideoInfo:
+    size = _stream_size(stream)
+    if size == 0:
+        raise VideoError("the video file is empty (0 bytes)", code="corrupt_video")
+    if size > settings.max_video_bytes:
+        raise ApiError(
+            f"the video is {size} bytes; the limit is {settings.max_video_bytes} bytes", code="request_too_large"
+        )
+    return probe_video(stream, max_seconds=settings.max_video_seconds, max_frame_pixels=settings.max_video_frame_pixels)
 
 
 @blueprint.post("/v1/jobs")
@@ -172,10 +228,17 @@ def submit_job() -> Response:
         raise ParameterError("Idempotency-Key", "must be 1-255 visible ASCII characters")
 
     # Everything that can be checked is checked before anything is stored or queued.
-    image = _read_upload("image", required=True)
-    background = _read_upload("background", required=False)
-    params = JobParams.parse({key: request.form.get(key) for key in request.form})
-    probe_image(image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
+    kind, upload = _media_upload()
+    background_upload = _upload("background")
+    background = background_upload.read() if background_upload is not None else None
+    params = JobParams.parse({key: request.form.get(key) for key in request.form}, kind)
+    source: VideoInfo | None = None
+    if kind is MediaKind.VIDEO:
+        media: bytes | BinaryIO = upload.stream
+        source = _checked_video(upload.stream, settings)
+    else:
+        media = upload.read()
+        probe_image(media, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
     if params.effect is Effect.REPLACE:
         if background is None:
             raise ParameterError("background", "effect replace needs a background image file")
@@ -191,7 +254,7 @@ def submit_job() -> Response:
     g.job_id = job_id
     if idempotency_key is not None:
         idempotency_key = f"{g.owner or ''}:{idempotency_key}"  # keys are per API key
-        earlier = svc.jobs.claim_idempotency_key(idempotency_key, _fingerprint(params, image, background), job_id)
+        earlier = svc.jobs.claim_idempotency_key(idempotency_key, _fingerprint(params, media, background), job_id)
         if earlier is not None:
             record = svc.jobs.get(earlier)
             if record is not None and record.owner == g.owner:
@@ -200,18 +263,20 @@ def submit_job() -> Response:
             job_id = g.job_id = earlier
 
     try:
+        input_key = svc.uploads.put(job_id, media) if isinstance(media, bytes) else svc.uploads.put_file(job_id, media)
         record = JobRecord(
             id=job_id,
             status=JobStatus.QUEUED,
             params=params,
             created_at=time.time(),
-            input_key=svc.uploads.put(job_id, image),
+            input_key=input_key,
             background_key=svc.uploads.put(f"{job_id}-background", background) if background is not None else None,
             owner=g.owner,
+            source=source.as_dict() if source is not None else None,
         )
         svc.jobs.create(record)
         try:
-            enqueue(svc.celery, job_id, queue)
+            enqueue(svc.celery, job_id, queue, task=VIDEO_TASK if kind is MediaKind.VIDEO else PROCESS_TASK)
         except Exception as exc:  # kombu raises several types for a dead broker
             svc.jobs.delete(job_id)
             raise ApiError(f"queue unreachable: {exc}", code="broker_unavailable") from None
@@ -258,15 +323,19 @@ def cancel_job(job_id: str) -> Response:
     outcome = services().jobs.cancel(record.id)
     if outcome == "missing":
         raise ApiError(f"no job {job_id}", code="not_found")
+    if outcome == "cancelled_running":  # a video: its workers stop within a second or so
+        return _job_response(_load_job(job_id), status=202)
     if outcome != "cancelled":
         raise ApiError(
-            f"job {job_id} is {outcome.strip(chr(34))}: only queued jobs can be cancelled", code="job_not_cancellable"
+            f"job {job_id} is {outcome.strip(chr(34))}: only queued jobs and running videos can be cancelled",
+            code="job_not_cancellable",
         )
     return _job_response(_load_job(job_id))
 
 
 @blueprint.get("/v1/models")
 def list_models() -> Response:
+    settings = services().settings
     models = [
         {
             "name": spec.name,
@@ -281,6 +350,17 @@ def list_models() -> Response:
             "models": models,
             "defaults": {"person": DEFAULT_PERSON_MODEL, "other": DEFAULT_GENERAL_MODEL},
             "effects": [e.value for e in Effect],
+            "formats": {
+                "image": {"in": ["jpeg", "png", "webp"], "out": [f.value for f in OutputFormat]},
+                "video": {"in": ACCEPTED_VIDEOS, "out": [f.value for f in VideoFormat]},
+            },
+            "limits": {
+                "image_bytes": settings.max_image_bytes,
+                "image_pixels": settings.max_image_pixels,
+                "video_bytes": settings.max_video_bytes,
+                "video_seconds": settings.max_video_seconds,
+                "video_frame_pixels": settings.max_video_frame_pixels,
+            },
         }
     )
 

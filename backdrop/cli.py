@@ -14,14 +14,20 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backdrop.errors import BackdropError, ModelUnavailable, UnknownModel
-from backdrop.params import BLUR_LEVELS, Bokeh, Effect, JobParams, Keep
+from backdrop.params import BLUR_LEVELS, Bokeh, Effect, JobParams, Keep, MediaKind
 from backdrop.settings import Settings
+from backdrop.sniff import HEAD_BYTES, media_kind
+
+if TYPE_CHECKING:
+    from backdrop.pipeline import Pipeline
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_IO, EXIT_SERVICE = 0, 1, 2, 3, 4, 5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-_SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif"}
+_SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".mp4": "mp4", ".webm": "webm"}
 
 
 class UsageError(Exception):
@@ -76,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags shared by `process` (local) and `submit` (service): one per job parameter."""
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="photo files or folders")
+    parser.add_argument("inputs", nargs="+", type=Path, metavar="IN", help="photo or video files, or folders")
     parser.add_argument(
         "-o",
         "--output",
@@ -90,7 +96,11 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="segmentation model (default: chosen from the targets)")
     parser.add_argument("--background", type=Path, help="background image for --effect replace")
     parser.add_argument("--color", help="background colour #RRGGBB for --effect color")
-    parser.add_argument("--format", choices=["jpeg", "jpg", "png", "webp"], help="output format (default: input's)")
+    parser.add_argument(
+        "--format",
+        choices=["jpeg", "jpg", "png", "webp", "mp4", "webm"],
+        help="output format: jpeg, png, webp for photos (default: the input's); mp4, webm for videos (default mp4)",
+    )
     parser.add_argument("--quality", help="JPEG/WebP quality 1-100 (default 90)")
     parser.add_argument(
         "--keep",
@@ -210,13 +220,15 @@ def _collect_inputs(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in paths:
         if path.is_dir():
-            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            suffixes = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            found.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes))
         elif path.is_file():
             found.append(path)
         else:
             raise UsageError(f"{path}: no such file or folder")
     if not found:
-        raise UsageError("no photos found in the given folders (looked for .jpg .jpeg .png .webp)")
+        suffixes = " ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        raise UsageError(f"no photos or videos found in the given folders (looked for {suffixes})")
     return found
 
 
@@ -244,47 +256,123 @@ def _output_for(source: Path, output: Path | None, single_file: bool, ext: str) 
     return output / f"{source.stem}.{ext}"
 
 
+def _kind_of(path: Path) -> MediaKind:
+    try:
+        with path.open("rb") as handle:
+            return media_kind(handle.read(HEAD_BYTES))
+    except OSError:
+        return MediaKind.IMAGE  # reading it again reports the error
+
+
 def _process(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from backdrop.pipeline import Pipeline
     from backdrop.pipeline.allocator import retain_freed_memory
 
-    params = JobParams.parse(_job_fields(args))
-    background, inputs, single_file = _job_inputs(args, params)
+    fields = _job_fields(args)
+    background, inputs, single_file = _job_inputs(args, JobParams.parse({**fields, "format": None}))
+    inputs_kinds = [(source, _kind_of(source)) for source in inputs]
+    # Bad flags fail before any work, for each kind of input there is.
+    params = {kind: JobParams.parse(fields, kind) for kind in {kind for _, kind in inputs_kinds}}
 
     retain_freed_memory(settings.retain_freed_memory_mb)
     pipeline = Pipeline(settings)
     failed = io_failed = 0
-    with tqdm(inputs, unit="photo", disable=len(inputs) < 2 or None, file=sys.stderr) as progress:
-        for source in progress:
-            data = _read(source)
-            if data is None:
-                io_failed += 1
-                continue
+    with tqdm(inputs_kinds, unit="file", disable=len(inputs) < 2 or None, file=sys.stderr) as progress:
+        for source, kind in progress:
             try:
-                result = pipeline.process(data, params, background)
+                if kind is MediaKind.VIDEO:
+                    target, report, line = _process_video(pipeline, source, args, params[kind], background, settings)
+                else:
+                    data = _read(source)
+                    if data is None:
+                        io_failed += 1
+                        continue
+                    result = pipeline.process(data, params[kind], background)
+                    target = _output_for(source, args.output, single_file, result.format.extension)
+                    _write(target, result.data)
+                    report, line = result.report(), _describe_found(result.detected, result.found)
             except ModelUnavailable:
                 raise
             except BackdropError as exc:
                 failed += 1
                 progress.write(f"backdrop: {source}: {exc.code}: {exc.message}", file=sys.stderr)
                 continue
-            target = _output_for(source, args.output, single_file, result.format.extension)
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(result.data)
-            except OSError as exc:
+            except UnwritableFile as exc:
                 io_failed += 1
-                progress.write(f"backdrop: {target}: cannot write: {exc.strerror}", file=sys.stderr)
+                progress.write(f"backdrop: {exc}", file=sys.stderr)
                 continue
             if args.json:
-                print(json.dumps({"input": str(source), "output": str(target), **result.report()}), flush=True)
+                print(json.dumps({"input": str(source), "output": str(target), **report}), flush=True)
             else:
-                progress.write(f"{source} -> {target}  {_describe_found(result.detected, result.found)}")
+                progress.write(f"{source} -> {target}  {line}")
     if io_failed:
         return EXIT_IO
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+class UnwritableFile(Exception):
+    """An output could not be written; the message names it and why."""
+
+
+def _write(target: Path, data: bytes) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    except OSError as exc:
+        raise UnwritableFile(f"{target}: cannot write: {exc.strerror}") from None
+
+
+def _process_video(
+    pipeline: Pipeline,
+    source: Path,
+    args: argparse.Namespace,
+    params: JobParams,
+    background: bytes | None,
+    settings: Settings,
+) -> tuple[Path, dict, str]:
+    """One clip, with a progress bar in frames."""
+    from tqdm import tqdm
+
+    from backdrop.pipeline.imageio import load_image
+    from backdrop.video.probe import probe_video
+    from backdrop.video.render import render_video
+
+    info = probe_video(source, max_seconds=settings.max_video_seconds, max_frame_pixels=settings.max_video_frame_pixels)
+    fmt = params.video_format()
+    single_file = len(args.inputs) == 1 and args.inputs[0].is_file()
+    target = _output_for(source, args.output, single_file, fmt.extension)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnwritableFile(f"{target}: cannot write: {exc.strerror}") from None
+    backdrop_image = load_image(background, settings).bgr if background is not None else None
+    with tqdm(total=info.frames, unit="frame", desc=source.name, file=sys.stderr, leave=False) as bar:
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            bar.update(count - done)
+            done = count
+
+        try:
+            joined = render_video(pipeline, source, target, params, fmt, background=backdrop_image, on_frame=advance)
+        except OSError as exc:
+            raise UnwritableFile(f"{target}: cannot write: {exc}") from None
+    sound = "with sound" if joined.audio else "no sound"
+    report = {
+        "kind": "video",
+        "format": fmt.value,
+        "content_type": fmt.content_type,
+        "width": info.width,
+        "height": info.height,
+        "frames": joined.frames,
+        "duration_s": round(info.duration_s, 3),
+        "audio": joined.audio,
+        "bytes": target.stat().st_size,
+    }
+    return target, report, f"{joined.frames} frames, {info.duration_s:.1f} s, {sound}"
 
 
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
@@ -296,7 +384,9 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     from backdrop.client import ApiError, Client, JobFailed, ServiceUnavailable
 
     fields = _job_fields(args)
-    background, inputs, single_file = _job_inputs(args, JobParams.parse(fields))  # bad flags fail before uploads
+    background, inputs, single_file = _job_inputs(args, JobParams.parse({**fields, "format": None}))
+    for kind in {_kind_of(source) for source in inputs}:
+        JobParams.parse(fields, kind)  # bad flags fail before any upload
     url, api_key = args.url or settings.client_url, args.api_key or settings.client_api_key
     client = Client(url, api_key=api_key)
     try:

@@ -13,12 +13,16 @@ error codes become typed exceptions.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import requests
+
+from backdrop.params import MediaKind
+from backdrop.sniff import HEAD_BYTES, media_kind
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -117,6 +121,16 @@ class Job:
         return self.data.get("detected")
 
     @property
+    def kind(self) -> str:
+        """``image`` or ``video``."""
+        return str(self.data.get("kind", "image"))
+
+    @property
+    def progress(self) -> dict[str, int] | None:
+        """A video job's ``{"done", "total"}`` frames, as of the last :meth:`refresh`."""
+        return self.data.get("progress")
+
+    @property
     def error(self) -> dict[str, str] | None:
         return self.data.get("error")
 
@@ -124,11 +138,14 @@ class Job:
         self.data = self.client._request("GET", f"/v1/jobs/{self.id}").json()
         return self
 
-    def wait(self, timeout: float = 300, poll_s: float = 0.25) -> Job:
-        """Poll until the job is finished. Raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError."""
+    def wait(self, timeout: float = 300, poll_s: float = 0.25, on_progress: Callable[[Job], None] | None = None) -> Job:
+        """Poll until the job is finished (``on_progress(job)`` after each poll: a video's progress bar).
+        Raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError."""
         deadline = time.monotonic() + timeout
         while True:
             self.refresh()
+            if on_progress is not None:
+                on_progress(self)
             if self.status == "succeeded":
                 return self
             if self.status == "failed":
@@ -144,12 +161,15 @@ class Job:
         if self.result is None:
             self.wait()
         assert self.result is not None
-        response = self.client._session.get(self.result["url"], timeout=self.client.timeout)
+        response = self.client._session.get(self.result["url"], timeout=self.client.timeout, stream=True)
         if response.status_code != 200:  # the presigned URL may have expired: ask for a fresh one
-            response = self.client._session.get(self.refresh().result["url"], timeout=self.client.timeout)  # type: ignore[index]
+            url = self.refresh().result["url"]  # type: ignore[index]
+            response = self.client._session.get(url, timeout=self.client.timeout, stream=True)
         response.raise_for_status()
         target = Path(path)
-        target.write_bytes(response.content)
+        with target.open("wb") as out:  # in parts: a video need not fit in memory
+            for chunk in response.iter_content(1 << 20):
+                out.write(chunk)
         return target
 
     def cancel(self) -> Job:
@@ -170,6 +190,80 @@ def _read(image: str | Path | bytes) -> tuple[str, bytes]:
         return "image", image
     path = Path(image)
     return path.name, path.read_bytes()
+
+
+def _media(media: str | Path | bytes) -> tuple[str, tuple[str, bytes | BinaryIO]]:
+    """The form field (``image`` or ``video``, by content) and the upload: bytes, or an open file for a
+    video (sent in parts, never read whole)."""
+    if isinstance(media, bytes):
+        return media_kind(media[:HEAD_BYTES]).value, ("upload", media)
+    path = Path(media)
+    with path.open("rb") as handle:
+        kind = media_kind(handle.read(HEAD_BYTES))
+    if kind is MediaKind.VIDEO:
+        return kind.value, (path.name, path.open("rb"))
+    return kind.value, (path.name, path.read_bytes())
+
+
+class MultipartBody:
+    """A multipart/form-data body that reads its files as it is sent (requests would read them whole into
+    memory first), with a known length so it goes with a Content-Length."""
+
+    def __init__(self, fields: Mapping[str, str], files: Mapping[str, tuple[str, bytes | BinaryIO]]) -> None:
+        self._boundary = uuid.uuid4().hex
+        self._parts: list[bytes | BinaryIO] = []
+        for name, value in fields.items():
+            self._parts.append(self._header(name) + b"\r\n\r\n" + value.encode() + b"\r\n")
+        for name, (filename, content) in files.items():
+            safe = filename.replace('"', "_").replace("\r", "_").replace("\n", "_")
+            head = (
+                self._header(name) + f'; filename="{safe}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
+            )
+            self._parts += [head, content, b"\r\n"]
+        self._parts.append(f"--{self._boundary}--\r\n".encode())
+        self._length = sum(len(p) if isinstance(p, bytes) else _remaining(p) for p in self._parts)
+        self.rewind()
+
+    def _header(self, name: str) -> bytes:
+        return f'--{self._boundary}\r\nContent-Disposition: form-data; name="{name}"'.encode()
+
+    @property
+    def content_type(self) -> str:
+        return f"multipart/form-data; boundary={self._boundary}"
+
+    def __len__(self) -> int:
+        return self._length
+
+    def rewind(self) -> None:
+        self._index, self._offset = 0, 0
+        for part in self._parts:
+            if not isinstance(part, bytes):
+                part.seek(0)
+
+    def read(self, size: int = -1) -> bytes:
+        chunks: list[bytes] = []
+        wanted = size if size >= 0 else self._length
+        while wanted > 0 and self._index < len(self._parts):
+            part = self._parts[self._index]
+            if isinstance(part, bytes):
+                chunk = part[self._offset : self._offset + wanted]
+                self._offset += len(chunk)
+                done = self._offset >= len(part)
+            else:
+                chunk = part.read(wanted)
+                done = len(chunk) < wanted or not chunk
+            chunks.append(chunk)
+            wanted -= len(chunk)
+            if done:
+                self._index, self._offset = self._index + 1, 0
+        return b"".join(chunks)
+
+
+def _remaining(handle: BinaryIO) -> int:
+    handle.seek(0, 2)
+    size = handle.tell()
+    handle.seek(0)
+    return size
 
 
 class Client:
@@ -197,6 +291,8 @@ class Client:
         delay = self.backoff_s
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            if isinstance(kwargs.get("data"), MultipartBody):
+                kwargs["data"].rewind()  # a retry sends the whole body again
             try:
                 response = self._session.request(
                     method,
@@ -234,21 +330,30 @@ class Client:
 
     def submit(
         self,
-        image: str | Path | bytes,
+        media: str | Path | bytes,
         *,
         background: str | Path | bytes | None = None,
         idempotency_key: str | None = None,
         **params: Any,
     ) -> Job:
-        """Queue a job. ``params`` are the API's form fields: effect, strength, bokeh, targets (str or list),
-        model, color, format, quality, keep_islands, keep_metadata."""
-        files = {"image": _read(image)}
+        """Queue a job for a photo or a video (told apart by content). ``params`` are the API's form
+        fields: effect, strength, bokeh, targets (str or list), model, color, format, quality, keep,
+        keep_islands, keep_metadata."""
+        field, upload = _media(media)
+        files: dict[str, tuple[str, bytes | BinaryIO]] = {field: upload}
         if background is not None:
             files["background"] = _read(background)
         fields = {key: _field_value(value) for key, value in params.items() if value is not None}
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = self._request("POST", "/v1/jobs", files=files, data=fields, headers=headers).json()
-        return Job(self, body["id"], body)
+        body = MultipartBody(fields, files)
+        headers = {"Content-Type": body.content_type}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        try:
+            answer = self._request("POST", "/v1/jobs", data=body, headers=headers).json()
+        finally:
+            if not isinstance(upload[1], bytes):
+                upload[1].close()
+        return Job(self, answer["id"], answer)
 
     def job(self, job_id: str) -> Job:
         return Job(self, job_id).refresh()
@@ -257,6 +362,6 @@ class Client:
         return self._request("GET", "/v1/models").json()
 
 
-def submit(image: str | Path | bytes, *, url: str = DEFAULT_URL, api_key: str | None = None, **params: Any) -> Job:
+def submit(media: str | Path | bytes, *, url: str = DEFAULT_URL, api_key: str | None = None, **params: Any) -> Job:
     """One-off: ``submit("photo.jpg", effect="gray").wait().download("gray.jpg")``."""
-    return Client(url, api_key=api_key).submit(image, **params)
+    return Client(url, api_key=api_key).submit(media, **params)

@@ -38,6 +38,24 @@ class Keep(StrEnum):
     HELD = "held"  # also objects in contact with a target: a held book or bottle, the bike ridden, the chair sat on
 
 
+class MediaKind(StrEnum):
+    IMAGE = "image"
+    VIDEO = "video"
+
+
+class VideoFormat(StrEnum):
+    MP4 = "mp4"  # H.264 + AAC
+    WEBM = "webm"  # VP9 (with an alpha plane for cut-outs) + Opus
+
+    @property
+    def content_type(self) -> str:
+        return f"video/{self.value}"
+
+    @property
+    def extension(self) -> str:
+        return self.value
+
+
 class OutputFormat(StrEnum):
     JPEG = "jpeg"
     PNG = "png"
@@ -55,11 +73,12 @@ class OutputFormat(StrEnum):
 # PixelLib's alter_bg blur levels, as strengths.
 BLUR_LEVELS = {"low": 20, "moderate": 50, "extreme": 90}
 FORMAT_ALIASES = {"jpg": "jpeg"}
-# Formats that can carry what each effect produces.
+# Formats that can carry what each effect produces (the first is the default).
 EFFECT_FORMATS = {
     Effect.CUTOUT: (OutputFormat.PNG, OutputFormat.WEBP),
     Effect.MASK: (OutputFormat.PNG,),
 }
+EFFECT_VIDEO_FORMATS = {Effect.CUTOUT: (VideoFormat.WEBM,)}  # transparency: VP9 with alpha, in WebM
 _HEX_COLOR = re.compile(r"#?([0-9a-fA-F]{6}|[0-9a-fA-F]{3})")
 
 
@@ -110,12 +129,13 @@ class JobParams:
     """What to do to one image. ``model`` is always resolved (chosen from the targets when not given)."""
 
     effect: Effect = Effect.BLUR
+    kind: MediaKind = MediaKind.IMAGE
     strength: int = 50
     bokeh: Bokeh = Bokeh.GAUSSIAN
     targets: tuple[str, ...] = ("person",)
     model: str = "selfie"
     color: tuple[int, int, int] = (255, 255, 255)
-    format: OutputFormat | None = None
+    format: OutputFormat | VideoFormat | None = None
     quality: int = 90
     keep: Keep = Keep.TARGETS
     keep_islands: bool = False
@@ -127,8 +147,9 @@ class JobParams:
     )  # fmt: skip
 
     @classmethod
-    def parse(cls, values: Mapping[str, str | None]) -> JobParams:
-        """Build from string values (missing or empty → default). Unknown keys are refused."""
+    def parse(cls, values: Mapping[str, str | None], kind: MediaKind = MediaKind.IMAGE) -> JobParams:
+        """Build from string values (missing or empty → default) for an image or a video job (``format``
+        names an image or a video format). Unknown keys are refused."""
         unknown = sorted(set(values) - set(cls.FIELDS))
         if unknown:
             raise ParameterError(unknown[0], f"unknown parameter; known: {', '.join(cls.FIELDS)}")
@@ -143,7 +164,8 @@ class JobParams:
         if "color" in given:
             kwargs["color"] = parse_color(given["color"])
         if "format" in given:
-            kwargs["format"] = _choice(OutputFormat, "format", given["format"], FORMAT_ALIASES)
+            formats = VideoFormat if kind is MediaKind.VIDEO else OutputFormat
+            kwargs["format"] = _choice(formats, "format", given["format"], FORMAT_ALIASES)
         if "quality" in given:
             kwargs["quality"] = _int_in_range("quality", given["quality"], 1, 100)
         if "keep" in given:
@@ -153,17 +175,36 @@ class JobParams:
                 kwargs[flag] = _bool(flag, given[flag])
         targets = normalize_targets(given.get("targets", "person").split(","))
         spec = choose_model(targets, given.get("model", "").strip().lower() or None)
-        params = cls(targets=targets, model=spec.name, **kwargs)
-        params.output_format(OutputFormat.PNG)  # refuse effect/format pairs that cannot work
+        params = cls(targets=targets, model=spec.name, kind=kind, **kwargs)
+        # Refuse effect/format pairs that cannot work before any work is done.
+        if kind is MediaKind.VIDEO:
+            params.video_format()
+        else:
+            params.output_format(OutputFormat.PNG)
         return params
+
+    def _checked_format(self, allowed: tuple[StrEnum, ...] | None) -> None:
+        if self.format is not None and allowed and self.format not in allowed:
+            names = " or ".join(f.value for f in allowed)
+            raise ParameterError(
+                "format",
+                f"effect {self.effect.value} needs {names}, not {self.format.value}",
+                code="unsupported_output",
+            )
+
+    def video_format(self) -> VideoFormat:
+        """The video format to write: the one asked for, else MP4 (WebM where the effect needs it)."""
+        allowed = EFFECT_VIDEO_FORMATS.get(self.effect)
+        self._checked_format(allowed)
+        if isinstance(self.format, VideoFormat):
+            return self.format
+        return allowed[0] if allowed else VideoFormat.MP4
 
     def output_format(self, input_format: OutputFormat) -> OutputFormat:
         """The format to write: the one asked for, else the input's (PNG where the effect needs it)."""
         allowed = EFFECT_FORMATS.get(self.effect)
-        if self.format is not None:
-            if allowed and self.format not in allowed:
-                names = " or ".join(f.value for f in allowed)
-                raise ParameterError("format", f"effect {self.effect.value} needs {names}, not {self.format.value}")
+        self._checked_format(allowed)
+        if isinstance(self.format, OutputFormat):
             return self.format
         if allowed and input_format not in allowed:
             return allowed[0]
@@ -173,6 +214,7 @@ class JobParams:
         """JSON-safe form; ``JobParams.from_dict(p.as_dict()) == p``."""
         return {
             "effect": self.effect.value,
+            "kind": self.kind.value,
             "strength": self.strength,
             "bokeh": self.bokeh.value,
             "targets": list(self.targets),
@@ -188,6 +230,7 @@ class JobParams:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobParams:
         values = {k: v for k, v in data.items() if v is not None}
+        kind = MediaKind(values.pop("kind", MediaKind.IMAGE.value))
         if isinstance(values.get("targets"), list | tuple):
             values["targets"] = ",".join(values["targets"])
-        return cls.parse({k: str(v) for k, v in values.items()})
+        return cls.parse({k: str(v) for k, v in values.items()}, kind)

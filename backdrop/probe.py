@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from backdrop.errors import ImageError
 from backdrop.params import OutputFormat
+from backdrop.sniff import looks_like_image
 
 _FORMATS = {
     "JPEG": OutputFormat.JPEG,
@@ -24,10 +25,6 @@ _FORMATS = {
     "WEBP": OutputFormat.WEBP,
 }
 _EXIF_ORIENTATION = 0x0112
-
-
-def _has_supported_signature(data: bytes) -> bool:
-    return data.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
 @dataclass(frozen=True)
@@ -104,7 +101,7 @@ def probe_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     except Image.DecompressionBombError:
         raise ImageError(f"the image has more pixels than the limit of {max_pixels}", code="image_too_large") from None
     except UnidentifiedImageError:
-        if _has_supported_signature(data):
+        if looks_like_image(data):
             raise ImageError(
                 "the image is truncated or damaged before its size is known", code="corrupt_image"
             ) from None

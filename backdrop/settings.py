@@ -85,6 +85,10 @@ class Settings:
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_image_bytes: int = 30 * 1024 * 1024
     max_image_pixels: int = 40_000_000
+    max_video_bytes: int = 2 * 1024**3
+    max_video_seconds: float = 600.0
+    max_video_frame_pixels: int = 3840 * 2160
+    video_chunk_seconds: float = 10.0
     retain_freed_memory_mb: int = 256
 
     # The service (API, queue, workers, storage). Not used by the pipeline library or the CLI.
@@ -106,6 +110,8 @@ class Settings:
     storage_retry_backoff_s: float = 1.0
     task_soft_time_limit_s: int = 60
     task_time_limit_s: int = 90
+    video_task_soft_time_limit_s: int = 900
+    video_task_time_limit_s: int = 960
     visibility_timeout_s: int = 3600
     max_attempts: int = 3
     worker_models: tuple[str, ...] = ("selfie", "deeplab")
@@ -143,9 +149,14 @@ class Settings:
     def __post_init__(self) -> None:
         if self.task_soft_time_limit_s >= self.task_time_limit_s:
             raise SettingsError("BACKDROP_TASK_SOFT_TIME_LIMIT_S must be below BACKDROP_TASK_TIME_LIMIT_S")
-        if self.visibility_timeout_s <= self.task_time_limit_s:
+        if self.video_task_soft_time_limit_s >= self.video_task_time_limit_s:
+            raise SettingsError("BACKDROP_VIDEO_TASK_SOFT_TIME_LIMIT_S must be below BACKDROP_VIDEO_TASK_TIME_LIMIT_S")
+        if self.visibility_timeout_s <= max(self.task_time_limit_s, self.video_task_time_limit_s):
             # Otherwise Redis hands a running job to a second worker while the first still works on it.
-            raise SettingsError("BACKDROP_VISIBILITY_TIMEOUT_S must exceed BACKDROP_TASK_TIME_LIMIT_S")
+            raise SettingsError(
+                "BACKDROP_VISIBILITY_TIMEOUT_S must exceed BACKDROP_TASK_TIME_LIMIT_S and "
+                "BACKDROP_VIDEO_TASK_TIME_LIMIT_S"
+            )
         if any(len(key) < 16 for key in self.api_keys):
             raise SettingsError("BACKDROP_API_KEYS: every key must be at least 16 characters")
         if self.storage_retries < 0:
@@ -186,6 +197,10 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_image_bytes": ("BACKDROP_MAX_IMAGE_BYTES", _positive_int),
     "max_image_pixels": ("BACKDROP_MAX_IMAGE_PIXELS", _positive_int),
     "retain_freed_memory_mb": ("BACKDROP_RETAIN_FREED_MEMORY_MB", _non_negative_int),
+    "max_video_bytes": ("BACKDROP_MAX_VIDEO_BYTES", _positive_int),
+    "max_video_seconds": ("BACKDROP_MAX_VIDEO_SECONDS", _positive_float),
+    "max_video_frame_pixels": ("BACKDROP_MAX_VIDEO_FRAME_PIXELS", _positive_int),
+    "video_chunk_seconds": ("BACKDROP_VIDEO_CHUNK_SECONDS", _positive_float),
     "redis_url": ("BACKDROP_REDIS_URL", str),
     "queue": ("BACKDROP_QUEUE", str),
     "queue_routes": ("BACKDROP_QUEUE_ROUTES", _routes),
@@ -204,6 +219,8 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "storage_retry_backoff_s": ("BACKDROP_STORAGE_RETRY_BACKOFF_S", _positive_float),
     "task_soft_time_limit_s": ("BACKDROP_TASK_SOFT_TIME_LIMIT_S", _positive_int),
     "task_time_limit_s": ("BACKDROP_TASK_TIME_LIMIT_S", _positive_int),
+    "video_task_soft_time_limit_s": ("BACKDROP_VIDEO_TASK_SOFT_TIME_LIMIT_S", _positive_int),
+    "video_task_time_limit_s": ("BACKDROP_VIDEO_TASK_TIME_LIMIT_S", _positive_int),
     "visibility_timeout_s": ("BACKDROP_VISIBILITY_TIMEOUT_S", _positive_int),
     "max_attempts": ("BACKDROP_MAX_ATTEMPTS", _positive_int),
     "worker_models": ("BACKDROP_WORKER_MODELS", _name_list),

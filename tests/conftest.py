@@ -82,7 +82,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     from backdrop.service.localstack import LocalStack, free_port
 
     env = dict(os.environ)
-    env.update({"BACKDROP_THREADS": "1", "BACKDROP_MAX_IMAGE_BYTES": str(4 * 1024 * 1024)})
+    # One-second video chunks: a few seconds of clip spread over both worker processes.
+    env.update(
+        {"BACKDROP_THREADS": "1", "BACKDROP_MAX_IMAGE_BYTES": str(4 * 1024 * 1024), "BACKDROP_VIDEO_CHUNK_SECONDS": "1"}
+    )
     local = LocalStack(root=tmp_path_factory.mktemp("stack"), api_port=free_port(), workers=2)
     local.start(env)
     yield local

@@ -17,6 +17,7 @@ import requests
 from api.errors import CODE_BY_HTTP_STATUS, STATUS_BY_CODE
 from backdrop.settings import ENV_VARIABLES
 from tests.conftest import encode_rgb
+from tests.videos import write_video
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -124,6 +125,7 @@ def photos(tmp_path_factory, astronaut, chelsea, coffee) -> Path:
     folder = tmp_path_factory.mktemp("examples")
     for name, pixels in (("photo.jpg", astronaut), ("me.jpg", astronaut), ("cat.jpg", chelsea), ("beach.jpg", coffee)):
         (folder / name).write_bytes(encode_rgb(pixels))
+    write_video(folder / "clip.mp4", frames=30, width=320, height=240, audio_seconds=1.0)
     for sub in ("holiday", "shots"):
         (folder / sub).mkdir()
         (folder / sub / "a.jpg").write_bytes(encode_rgb(astronaut))

@@ -32,6 +32,8 @@ FAULT_ENV = {
     "BACKDROP_TASK_SOFT_TIME_LIMIT_S": "6",
     "BACKDROP_TASK_TIME_LIMIT_S": "9",
     "BACKDROP_VISIBILITY_TIMEOUT_S": "20",
+    "BACKDROP_VIDEO_TASK_SOFT_TIME_LIMIT_S": "12",
+    "BACKDROP_VIDEO_TASK_TIME_LIMIT_S": "15",
     "BACKDROP_STORAGE_RETRIES": "3",
     "BACKDROP_STORAGE_RETRY_BACKOFF_S": "0.5",  # retry budget: 0.5 + 1 + 2 = 3.5 s
     "BACKDROP_MAX_ATTEMPTS": "3",
@@ -194,10 +196,11 @@ def test_a_job_whose_message_was_lost_is_queued_again_by_the_sweep(stack, settin
         wait_for(lambda: store.redis.llen(settings.queue) == 1, 10, "the message back in the queue")
         assert store.redis.delete(settings.queue) == 1  # the only message: lost
     now = time.time() + 60
-    assert sweep(settings, store, storage, lambda j, q: enqueue(celery, j, q), now=now)["requeued_jobs"] == 0
+    assert sweep(settings, store, storage, lambda j, q, t: enqueue(celery, j, q, task=t), now=now)["requeued_jobs"] == 0
     time.sleep(1)
     assert store.get(job_id).status is JobStatus.QUEUED  # nothing will ever deliver it by itself
-    assert sweep(settings, store, storage, lambda j, q: enqueue(celery, j, q), now=now + 31)["requeued_jobs"] == 1
+    resend = lambda j, q, t: enqueue(celery, j, q, task=t)  # noqa: E731
+    assert sweep(settings, store, storage, resend, now=now + 31)["requeued_jobs"] == 1
     record = finished(store, job_id)
     assert record.status is JobStatus.SUCCEEDED and record.attempts == 1, record.error
     assert result_objects(settings, job_id) == [f"results/{job_id}.jpg"]

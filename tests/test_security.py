@@ -171,7 +171,7 @@ def test_sweeper_fails_lost_jobs_and_deletes_expired_objects(sweep_settings):
     assert getattr(caught.value, "code", "") == "object_not_found"
 
 
-def no_enqueue(job_id: str, queue: str) -> None:
+def no_enqueue(job_id: str, queue: str, task: str) -> None:
     raise AssertionError(f"nothing should be queued again here ({job_id})")
 
 
@@ -190,9 +190,9 @@ def test_sweeper_queues_again_only_jobs_whose_message_is_gone(sweep_settings):
     storage.ping()  # creates this test's bucket
     sent: list[tuple[str, str]] = []
 
-    def resend(job_id: str, queue: str) -> None:
+    def resend(job_id: str, queue: str, task: str) -> None:
         sent.append((job_id, queue))
-        enqueue(celery, job_id, queue)
+        enqueue(celery, job_id, queue, task=task)
 
     now = time.time() + 60
     # `fresh` is accepted just before the second sweep: its API may be about to queue it, so it is left alone.

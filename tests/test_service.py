@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import platform
 import time
 from collections.abc import Iterator
@@ -165,7 +166,7 @@ def test_unknown_job_404(stack):
         (None, {"effect": "color", "color": "blue"}, 422, "invalid_color"),
         (None, {"strength": "500"}, 400, "invalid_parameter"),
         (None, {"effect": "sparkle"}, 400, "invalid_parameter"),
-        (None, {"effect": "cutout", "format": "jpeg"}, 400, "invalid_parameter"),
+        (None, {"effect": "cutout", "format": "jpeg"}, 422, "unsupported_output"),
         (None, {"effect": "replace"}, 400, "invalid_parameter"),
         (None, {"unknown_field": "1"}, 400, "invalid_parameter"),
     ],
@@ -182,9 +183,20 @@ def test_size_limits(stack):
     big = encode_rgb(noise, "PNG")  # ~5.9 MB, over the stack's 4 MiB image limit
     response = submit(stack, big)
     assert response.status_code == 413 and response.json()["error"]["code"] == "image_too_large"
-    huge = b"\xff\xd8" + b"\0" * (9 * 1024 * 1024)  # over the whole-request limit
+    huge = b"\xff\xd8" + b"\0" * (9 * 1024 * 1024)  # over the image limit, under the request's (a video's)
     response = submit(stack, huge)
-    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert response.status_code == 413 and response.json()["error"]["code"] == "image_too_large"
+    # A body declared over the whole-request limit (a video and a background) is refused before it is read.
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=10)
+    connection.putrequest("POST", "/v1/jobs")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=x")
+    connection.putheader("Content-Length", str(3 * 1024**3))
+    connection.endheaders()
+    answer = connection.getresponse()
+    assert answer.status == 413 and json.loads(answer.read())["error"]["code"] == "request_too_large"
+    connection.close()
 
 
 def test_missing_image_and_wrong_content_type(stack):

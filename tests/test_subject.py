@@ -64,7 +64,7 @@ def test_merge_replaces_the_first_pass_inside_a_look_and_keeps_it_outside():
     assert 0.2 < merged[52, 150] < 0.9  # feathered towards the look's inner edge: no seam
 
 
-def test_look_closer_crops_the_finer_image_and_reports_looks():
+def test_look_closer_crops_the_finer_image():
     image = np.zeros((600, 800, 3), np.uint8)
     mask = mask_with((40, 100, 80, 200), (300, 100, 340, 200))
     seen = []
@@ -73,8 +73,9 @@ def test_look_closer_crops_the_finer_image_and_reports_looks():
         seen.append(crop.shape)
         return np.ones((16, 16), np.float32)
 
-    merged, looks = look_closer(np.zeros((300, 400), np.float32), mask, image, probability_of)
-    assert looks == 2 and len(seen) == 2
+    looks = plan_looks(mask)
+    merged = look_closer(np.zeros((300, 400), np.float32), looks, image, probability_of)
+    assert len(looks) == 2 and len(seen) == 2
     assert all(shape[0] > 200 for shape in seen)  # crops come from the 600x800 image, not the 300x400 map
     assert merged[150, 60] == 1.0 and merged[150, 200] == 0.0
 

@@ -82,3 +82,28 @@ def test_invalid_file_shows_an_error_in_plain_words(stack, browser, tmp_path):
     assert "isn't a photo we can read" in page.inner_text("#error")
     page.screenshot(path=str(SHOTS / "invalid-file.png"), full_page=True)
     page.close()
+
+
+def test_a_video_with_progress_and_before_after(stack, browser, tmp_path):
+    from tests.videos import write_video
+
+    clip = write_video(tmp_path / "clip.mp4", frames=60, width=320, height=240, audio_seconds=2.0)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(stack.api_url + "/")
+    page.wait_for_selector("#targets input[value=cat]")
+    page.set_input_files("#image-input", str(clip))
+    assert page.is_visible("#preview-video") and page.input_value("#format") == "mp4"
+    page.click("#submit")
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    assert page.evaluate("document.getElementById('video-progress').value") == 100
+    assert "100%" in page.inner_text("#video-progress-text")
+    page.wait_for_function("document.getElementById('after-video').readyState >= 1", timeout=30_000)
+    duration = page.evaluate("document.getElementById('after-video').duration")
+    assert abs(duration - 2.0) < 0.2
+    size = page.evaluate(
+        "[document.getElementById('after-video').videoWidth, document.getElementById('after-video').videoHeight]"
+    )
+    assert size == [320, 240]
+    assert "60 frames" in page.inner_text("#detected") and "with its sound" in page.inner_text("#detected")
+    page.screenshot(path=str(SHOTS / "video-result.png"), full_page=True)
+    page.close()

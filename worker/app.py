@@ -38,23 +38,23 @@ from backdrop.service.observability import (
     current_job_id,
     metrics_registry,
 )
-from backdrop.service.queue import PROCESS_TASK, SWEEP_TASK, enqueue, make_celery
+from backdrop.service.queue import CHUNK_TASK, JOIN_TASK, PROCESS_TASK, SWEEP_TASK, VIDEO_TASK, enqueue, make_celery
 from backdrop.service.storage import open_storage
 from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
-from worker.runner import JobRunner
 from worker.sweeper import sweep
+from worker.video import VideoRunner
 
 log = logging.getLogger("backdrop.worker")
 settings = Settings.from_env()
 app = make_celery(settings)
 app.conf.beat_schedule = {"sweep": {"task": SWEEP_TASK, "schedule": settings.sweep_interval_s}}
-_runner: JobRunner | None = None
+_runner: VideoRunner | None = None
 _runner_lock = threading.Lock()  # a threads pool may ask from several threads at once
 _parent_jobs: JobStore | None = None
 
 
-def runner() -> JobRunner:
+def runner() -> VideoRunner:
     """This process's runner; built at process start (prefork) or on first use (solo/threads pools)."""
     global _runner
     with _runner_lock:
@@ -65,7 +65,14 @@ def runner() -> JobRunner:
             pipeline.preload(settings.worker_models)
             storage = open_storage(settings)
             jobs = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
-            _runner = JobRunner(settings, pipeline, storage, Uploads.connect(settings, storage), jobs)
+            _runner = VideoRunner(
+                settings,
+                pipeline,
+                storage,
+                Uploads.connect(settings, storage),
+                jobs,
+                queue_task=lambda name, args, queue: app.send_task(name, args=args, queue=queue),
+            )
             MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
             log.info(
                 "worker %s ready: %d model files loaded in %.0f ms; freed memory kept for reuse: %s",
@@ -137,7 +144,7 @@ class JobTask(Task):
         _parent_jobs = _parent_jobs or JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
         record = _parent_jobs.get(str(args[0]))
         if record is not None:
-            limit = settings.task_time_limit_s
+            limit = settings.video_task_time_limit_s if record.is_video else settings.task_time_limit_s
             if _parent_jobs.fail(
                 record, "timeout", f"the job ran past the {limit} s hard limit; its process was replaced"
             ):
@@ -150,7 +157,31 @@ def process_job(job_id: str) -> str:
     return runner().run(job_id)
 
 
+@app.task(name=VIDEO_TASK, base=JobTask)
+def process_video(job_id: str) -> str:
+    return runner().plan(job_id, CHUNK_TASK)
+
+
+# A chunk or a join can take minutes: their own time limits (BACKDROP_VIDEO_TASK_*).
+_VIDEO_LIMITS = {
+    "soft_time_limit": settings.video_task_soft_time_limit_s,
+    "time_limit": settings.video_task_time_limit_s,
+}
+
+
+@app.task(name=CHUNK_TASK, base=JobTask, **_VIDEO_LIMITS)
+def render_chunk(job_id: str, index: int) -> str:
+    return runner().render_chunk(job_id, index, JOIN_TASK)
+
+
+@app.task(name=JOIN_TASK, base=JobTask, **_VIDEO_LIMITS)
+def join_video(job_id: str) -> str:
+    return runner().join(job_id)
+
+
 @app.task(name=SWEEP_TASK, ignore_result=True)
 def sweep_task() -> dict[str, int]:
     worker = runner()
-    return sweep(settings, worker.jobs, worker.storage, lambda job_id, queue: enqueue(app, job_id, queue))
+    return sweep(
+        settings, worker.jobs, worker.storage, lambda job_id, queue, task: enqueue(app, job_id, queue, task=task)
+    )

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from backdrop.service.jobs import JobStatus, JobStore
 from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, JOBS_REQUEUED
+from backdrop.service.queue import PROCESS_TASK, VIDEO_TASK
 from backdrop.service.storage import Storage
 from backdrop.settings import Settings
 
@@ -35,7 +36,15 @@ def fail_lost_jobs(settings: Settings, jobs: JobStore, now: float) -> int:
             jobs.forget_running(job_id)
             continue
         limit = settings.task_time_limit_s
-        if jobs.fail(record, "worker_lost", f"no worker finished the job within the {limit} s time limit"):
+        message = f"no worker finished the job within the {limit} s time limit"
+        if record.is_video:
+            # A video's chunks renew its time here with every progress report; a chunk whose worker
+            # vanished is delivered again after the visibility timeout, so only silence beyond that is lost.
+            silent_since = now - settings.visibility_timeout_s - STALE_MARGIN_S
+            if not jobs.running_since_before(silent_since, job_id=job_id):
+                continue
+            message = f"no part of the video made progress for {settings.visibility_timeout_s} s"
+        if jobs.fail(record, "worker_lost", message):
             JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
             JOB_FAILURES.labels("worker_lost").inc()
             lost += 1
@@ -44,7 +53,9 @@ def fail_lost_jobs(settings: Settings, jobs: JobStore, now: float) -> int:
     return lost
 
 
-def requeue_lost_messages(settings: Settings, jobs: JobStore, enqueue: Callable[[str, str], None], now: float) -> int:
+def requeue_lost_messages(
+    settings: Settings, jobs: JobStore, enqueue: Callable[[str, str, str], None], now: float
+) -> int:
     """Queue again the jobs that have waited without a message since an earlier sweep."""
     # The API queues a job right after writing its record: only older jobs can have lost their message.
     waiting = jobs.queued_since_before(now - STALE_MARGIN_S)
@@ -59,7 +70,8 @@ def requeue_lost_messages(settings: Settings, jobs: JobStore, enqueue: Callable[
             continue
         if record.status is not JobStatus.QUEUED:  # started or cancelled meanwhile
             continue
-        enqueue(job_id, settings.queue_for(record.params.model))
+        task = VIDEO_TASK if record.is_video else PROCESS_TASK
+        enqueue(job_id, settings.queue_for(record.params.model), task)
         jobs.clear_missing(job_id)  # a lost re-send is found again, two sweeps later
         JOBS_REQUEUED.inc()
         requeued += 1
@@ -70,7 +82,7 @@ def sweep(
     settings: Settings,
     jobs: JobStore,
     storage: Storage,
-    enqueue: Callable[[str, str], None],
+    enqueue: Callable[[str, str, str], None],
     *,
     now: float | None = None,
 ) -> dict[str, int]:
@@ -78,7 +90,7 @@ def sweep(
     lost = fail_lost_jobs(settings, jobs, now)
     requeued = requeue_lost_messages(settings, jobs, enqueue, now)
     cutoff = now - settings.job_ttl_s
-    deleted = storage.delete_older_than("inputs/", cutoff) + storage.delete_older_than("results/", cutoff)
+    deleted = sum(storage.delete_older_than(prefix, cutoff) for prefix in ("inputs/", "chunks/", "results/"))
     if lost or requeued or deleted:
         log.info(
             "sweep: %d lost jobs failed, %d jobs without a message queued again, %d expired objects deleted",

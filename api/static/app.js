@@ -7,6 +7,7 @@ const imageInput = $("image-input");
 const dropZone = $("drop-zone");
 const apiKeyInput = $("api-key");
 let photo = null;
+let photoKind = "image";
 
 // Plain words for the API's error codes; anything else shows the service's own message.
 const FRIENDLY = {
@@ -23,7 +24,15 @@ const FRIENDLY = {
   timeout: "Processing took too long and was stopped.",
   worker_lost: "Processing stopped unexpectedly. Please try again.",
   invalid_color: "Please pick a colour.",
+  corrupt_video: "This video seems damaged or incomplete: not one frame could be read.",
+  video_too_long: "This video is longer than the service accepts.",
+  unsupported_output: "This effect needs another format: a cut-out video is WebM.",
 };
+
+const VIDEO_NAME = /\.(mp4|mov|m4v|webm|mkv|avi)$/i;
+function kindOf(file) {
+  return file.type.startsWith("video/") || file.type === "image/gif" || VIDEO_NAME.test(file.name) ? "video" : "image";
+}
 
 function headers() {
   const key = apiKeyInput.value.trim();
@@ -68,11 +77,18 @@ function setStep(step, text) {
 function choosePhoto(file) {
   if (!file) return;
   photo = file;
+  photoKind = kindOf(file);
   showError("");
-  const preview = $("preview");
+  const isVideo = photoKind === "video";
+  const preview = $(isVideo ? "preview-video" : "preview");
   preview.src = URL.createObjectURL(file);
-  preview.hidden = false;
+  $("preview").hidden = isVideo;
+  $("preview-video").hidden = !isVideo;
   $("drop-text").textContent = file.name;
+  // The formats that fit what was chosen: photos keep their own by default, videos are MP4 or WebM.
+  const format = $("format");
+  for (const option of format.options) option.hidden = option.dataset.kind !== photoKind;
+  format.value = isVideo ? (effect() === "cutout" ? "webm" : "mp4") : "";
 }
 
 imageInput.addEventListener("change", () => choosePhoto(imageInput.files[0]));
@@ -85,8 +101,9 @@ dropZone.addEventListener("drop", (event) => choosePhoto(event.dataTransfer.file
 function effect() {
   return form.querySelector("input[name=effect]:checked").value;
 }
-form.addEventListener("change", () => {
+form.addEventListener("change", (event) => {
   document.querySelectorAll(".option").forEach((el) => { el.hidden = el.dataset.for !== effect(); });
+  if (event.target.name === "effect" && photoKind === "video") $("format").value = effect() === "cutout" ? "webm" : "mp4";
 });
 $("strength").addEventListener("input", () => { $("strength-value").textContent = $("strength").value; });
 $("divider").addEventListener("input", () => {
@@ -118,8 +135,33 @@ async function waitForJob(id) {
     }
     if (body.status === "cancelled") throw new Error("The job was cancelled.");
     setStep(body.status, body.status === "queued" ? "Waiting for a free worker\u2026" : "Finding the subject\u2026");
+    if (body.kind === "video" && body.progress) showProgress(body.progress);
     await sleep(Math.min(1000, Math.max(250, retryAfter * 250)));
   }
+}
+
+function showProgress(progress) {
+  const percent = progress.total ? Math.min(100, Math.round((100 * progress.done) / progress.total)) : 0;
+  $("video-progress-box").hidden = false;
+  $("video-progress").value = percent;
+  $("video-progress-text").textContent = `${percent}% (${progress.done} of ${progress.total} frames)`;
+}
+
+function showVideoResult(job) {
+  const before = $("before-video");
+  const after = $("after-video");
+  before.src = URL.createObjectURL(photo);
+  after.src = job.result.url;
+  // Before plays along with after: the same moment, side by side.
+  after.onplay = () => { before.currentTime = after.currentTime; before.play(); };
+  after.onpause = () => before.pause();
+  after.onseeked = () => { before.currentTime = after.currentTime; };
+  $("video-compare").hidden = false;
+  $("compare").hidden = true;
+  const result = job.result;
+  $("detected").textContent =
+    `${result.frames} frames, ${result.duration_s.toFixed(1)} s at ${result.fps.toFixed(1)} fps, ` +
+    (result.audio ? "with its sound." : "no sound.");
 }
 
 function describeFound(job) {
@@ -136,7 +178,7 @@ form.addEventListener("submit", async (event) => {
   const targets = [...form.querySelectorAll("input[name=targets]:checked")].map((el) => el.value);
   if (!targets.length) { showError("Pick at least one thing to keep sharp."); return; }
   const data = new FormData();
-  data.append("image", photo);
+  data.append(photoKind, photo);
   data.append("effect", effect());
   data.append("targets", targets.join(","));
   if (effect() === "blur") { data.append("strength", $("strength").value); data.append("bokeh", $("bokeh").value); }
@@ -152,6 +194,7 @@ form.addEventListener("submit", async (event) => {
   button.disabled = true;
   $("result").hidden = true;
   $("progress").hidden = false;
+  $("video-progress-box").hidden = true;
   setStep("queued", "Uploading\u2026");
   try {
     let submitted;
@@ -167,10 +210,17 @@ form.addEventListener("submit", async (event) => {
     }
     const job = await waitForJob(submitted.body.id);
     setStep("done", "Done.");
-    $("before").src = URL.createObjectURL(photo);
-    $("after").src = job.result.url;
+    if (job.kind === "video") {
+      showProgress(job.progress);
+      showVideoResult(job);
+    } else {
+      $("before").src = URL.createObjectURL(photo);
+      $("after").src = job.result.url;
+      $("compare").hidden = false;
+      $("video-compare").hidden = true;
+      $("detected").textContent = describeFound(job);
+    }
     $("download").href = job.result.download_url;
-    $("detected").textContent = describeFound(job);
     $("result").hidden = false;
   } catch (err) {
     $("progress").hidden = true;

@@ -59,10 +59,12 @@ def blurred_background(
     strength: int,
     bokeh: Bokeh,
     ops: PixelOps = OPENCV,
+    coarse: np.ndarray | None = None,
 ) -> np.ndarray:
     """The background of ``image`` blurred at ``strength``, with the subject left out (full-res uint8).
 
-    ``preview`` is ``image`` shrunk (or ``image`` itself); ``alpha_preview`` the matte at its size."""
+    ``preview`` is ``image`` shrunk (or ``image`` itself); ``alpha_preview`` the matte at its size;
+    ``coarse``, if given, a smaller copy of the preview, shrunk from when the blur's working size allows."""
     height, width = image.shape[:2]
     radius = blur_radius(strength, width, height)
     # Never finer than the shared preview: that bounds the cost of weak blurs on huge photos, and the
@@ -72,7 +74,8 @@ def blurred_background(
         min(preview.shape[1], max(1, round(width / factor))),
         min(preview.shape[0], max(1, round(height / factor))),
     )
-    small = ops.resize(preview, work_w, work_h)
+    fine_enough = coarse is not None and coarse.shape[1] >= work_w and coarse.shape[0] >= work_h
+    small = ops.resize(coarse if fine_enough else preview, work_w, work_h)
     weight = background_weight(ops.resize(alpha_preview, work_w, work_h))
     work_radius = radius / factor
 
@@ -137,8 +140,10 @@ def apply_effect(
     input_alpha: np.ndarray | None = None,
     background: np.ndarray | None = None,
     ops: PixelOps = OPENCV,
+    coarse: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Render ``params.effect``. Returns BGR (most effects), BGRA (cutout) or one channel (mask)."""
+    """Render ``params.effect``. Returns BGR (most effects), BGRA (cutout) or one channel (mask).
+    ``coarse``: a smaller copy of ``preview`` the blur may start from."""
     height, width = image.shape[:2]
     effect = params.effect
     if effect is Effect.CUTOUT:
@@ -146,7 +151,7 @@ def apply_effect(
     if effect is Effect.MASK:
         return with_input_alpha(alpha_full, input_alpha)
     if effect is Effect.BLUR:
-        back = blurred_background(image, preview, alpha_preview, params.strength, params.bokeh, ops)
+        back = blurred_background(image, preview, alpha_preview, params.strength, params.bokeh, ops, coarse)
     elif effect is Effect.GRAY:
         back = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     elif effect is Effect.COLOR:

@@ -101,6 +101,32 @@ def trimap(probability: np.ndarray, band: float) -> tuple[np.ndarray, np.ndarray
     return subject.astype(np.float32), unknown
 
 
+def _around(mask: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """Rows and columns of ``mask``'s non-zero pixels, grown by ``margin`` (empty slices when none)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    height, width = mask.shape
+    return (
+        slice(max(0, rows[0] - margin), min(height, rows[-1] + 1 + margin)),
+        slice(max(0, cols[0] - margin), min(width, cols[-1] + 1 + margin)),
+    )
+
+
+def _guided_coefficients(
+    guide: np.ndarray, target: np.ndarray, radius: int, eps: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The guided filter's smoothed coefficients: alpha = gain * guide + offset fits target to guide's edges."""
+    mean_guide = _box(guide, radius)
+    mean_target = _box(target, radius)
+    var_guide = _box(guide * guide, radius) - mean_guide * mean_guide
+    cov = _box(guide * target, radius) - mean_guide * mean_target
+    gain = cov / (var_guide + eps)
+    offset = mean_target - gain * mean_guide
+    return _box(gain, radius), _box(offset, radius)
+
+
 def refine_alpha(
     probability: np.ndarray,
     image: np.ndarray,
@@ -131,18 +157,15 @@ def refine_alpha(
     target = certain + unknown * (target - certain)
     # About two model pixels: wide enough to cover the model's uncertain band at the edge.
     radius = max(1, round(2 * model_pixel))
-
-    mean_guide = _box(guide, radius)
-    mean_target = _box(target, radius)
-    var_guide = _box(guide * guide, radius) - mean_guide * mean_guide
-    cov = _box(guide * target, radius) - mean_guide * mean_target
-    gain = cov / (var_guide + eps)
-    offset = mean_target - gain * mean_guide
-    mean_gain = _box(gain, radius)
-    mean_offset = _box(offset, radius)
-    # Certain pixels: alpha = 0 * gray + (0 or 1), exactly.
-    mean_gain *= unknown
-    mean_offset = certain + unknown * (mean_offset - certain)
+    # Certain pixels: alpha = 0 * gray + (0 or 1), exactly; the filter runs only around the band.
+    mean_gain = np.zeros_like(certain)
+    mean_offset = certain.copy()
+    rows, cols = _around(unknown, 2 * radius + 1)
+    if rows.stop > rows.start and cols.stop > cols.start:
+        gain, offset = _guided_coefficients(guide[rows, cols], target[rows, cols], radius, eps)
+        band = unknown[rows, cols]
+        mean_gain[rows, cols] = gain * band
+        mean_offset[rows, cols] = certain[rows, cols] + band * (offset - certain[rows, cols])
     alpha_preview = np.clip(mean_gain * guide + mean_offset, 0.0, 1.0)
 
     height, width = image.shape[:2]

@@ -16,11 +16,14 @@ from backdrop.pipeline.geometry import resize_to
 class Segmentation:
     """Model-resolution results: ``probability`` (HxW float32) that a pixel belongs to any target, and for
     each target the pixels where that class is the most likely one. ``labels`` (multi-class models): the
-    index of the most likely label of every pixel, whatever the targets."""
+    index of the most likely label of every pixel, whatever the targets; ``margin`` (models with logits):
+    how far the most likely label's logit lies above the best target's (0 where a target wins), i.e. how
+    sure the model is that a pixel is something else."""
 
     probability: np.ndarray
     class_masks: dict[str, np.ndarray]
     labels: np.ndarray | None = None
+    margin: np.ndarray | None = None
 
 
 def input_region(width: int, height: int, spec: ModelSpec, variant: ModelVariant) -> tuple[int, int]:
@@ -62,11 +65,13 @@ def read_output(
     indexes = [spec.labels.index(t) for t in targets]
     winner = logits.argmax(axis=0)
     masks = {t: winner == i for t, i in zip(targets, indexes, strict=True)}
+    best = np.take_along_axis(logits, winner[None], axis=0)[0]
+    margin = best - logits[indexes].max(axis=0)
     if not with_probability:
-        return Segmentation(np.zeros(winner.shape, np.float32), masks, winner)
-    exp = np.exp(logits - logits.max(axis=0))
+        return Segmentation(np.zeros(winner.shape, np.float32), masks, winner, margin)
+    exp = np.exp(logits - best)
     probability = (exp[indexes].sum(axis=0) / exp.sum(axis=0)).astype(np.float32)
-    return Segmentation(probability, masks, winner)
+    return Segmentation(probability, masks, winner, margin)
 
 
 def segment(

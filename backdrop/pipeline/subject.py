@@ -168,28 +168,26 @@ def merge_looks(base: np.ndarray, looks: list[tuple[Box, np.ndarray]]) -> np.nda
 
 def look_closer(
     base: np.ndarray,
-    mask: np.ndarray,
+    looks: list[Box],
     work_image: np.ndarray,
     probability_of: Callable[[np.ndarray], np.ndarray],
-) -> tuple[np.ndarray, int]:
-    """The work-resolution probability after a closer look at each subject region of ``mask``.
+) -> np.ndarray:
+    """The work-resolution probability after a closer look at each planned crop (see :func:`plan_looks`).
 
     ``probability_of(crop)`` runs the model on an image crop (work-image pixels, or finer) and returns its
-    probability at any resolution. Returns the merged map and how many looks were taken."""
+    probability at any resolution."""
     height, width = base.shape
     image_h, image_w = work_image.shape[:2]
     sx, sy = image_w / width, image_h / height
-    looks = []
-    for look in plan_looks(mask):
+    probabilities = []
+    for look in looks:
         region = look.scaled(sx, sy)
         crop = np.ascontiguousarray(work_image[region.y0 : region.y1, region.x0 : region.x1])
         if min(crop.shape[:2]) < 4:
             continue
         probability = probability_of(crop)
-        looks.append((look, cv2.resize(probability, (look.width, look.height), interpolation=cv2.INTER_LINEAR)))
-    if not looks:
-        return base, 0
-    return merge_looks(base, looks), len(looks)
+        probabilities.append((look, cv2.resize(probability, (look.width, look.height), interpolation=cv2.INTER_LINEAR)))
+    return merge_looks(base, probabilities) if probabilities else base
 
 
 def held_objects(

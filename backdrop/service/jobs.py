@@ -22,9 +22,14 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from backdrop.errors import BackdropError
-from backdrop.params import JobParams
+from backdrop.params import JobParams, MediaKind
 
 KEY_PREFIX = "backdrop:job:"
+# Beside a video job's record: frames done per chunk, frames written by each finished chunk, deliveries
+# per chunk (all expire with the record).
+PROGRESS_SUFFIX = ":progress"
+CHUNKS_DONE_SUFFIX = ":chunks"
+ATTEMPTS_SUFFIX = ":attempts"
 IDEMPOTENCY_PREFIX = "backdrop:idempotency:"
 # Sorted sets of job ids by the time they entered a state: they let the sweeper find jobs whose worker
 # vanished (running) and jobs whose queue message was lost (queued).
@@ -90,6 +95,11 @@ class ResultObject:
     width: int
     height: int
     bytes: int
+    # Videos only: length, frames written, average frame rate, and whether there is sound.
+    duration_s: float | None = None
+    frames: int | None = None
+    fps: float | None = None
+    audio: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -112,10 +122,18 @@ class JobRecord:
     worker: str | None = None
     engine_loads: int | None = None
     attempts: int = 0
+    # Videos: what the source is (probe), and how many chunks it is rendered in.
+    source: dict[str, Any] | None = None
+    chunks: int | None = None
+
+    @property
+    def is_video(self) -> bool:
+        return self.params.kind is MediaKind.VIDEO
 
     def to_hash(self) -> dict[str, str]:
         values: dict[str, Any] = {
             "id": self.id,
+            "kind": self.params.kind.value,  # for the Lua scripts (a running video can be cancelled)
             "status": self.status.value,
             "params": self.params.as_dict(),
             "created_at": self.created_at,
@@ -133,6 +151,8 @@ class JobRecord:
             "worker": self.worker,
             "engine_loads": self.engine_loads,
             "attempts": self.attempts,
+            "source": self.source,
+            "chunks": self.chunks,
         }
         return {k: json.dumps(v) for k, v in values.items() if v is not None}
 
@@ -159,19 +179,51 @@ class JobRecord:
             worker=values.get("worker"),
             engine_loads=values.get("engine_loads"),
             attempts=int(values.get("attempts") or 0),
+            source=values.get("source"),
+            chunks=values.get("chunks"),
         )
 
 
-# KEYS[1] job, KEYS[2] queued set; ARGV: now, job id. Cancels only a queued job; returns the status it found.
+# KEYS[1] job, KEYS[2] queued set, KEYS[3] running set; ARGV: now, job id. Cancels a queued job, or a
+# running video (its chunk workers see it within a second and stop); returns the status it found.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
-if status == '"queued"' then
+local running_video = status == '"running"' and redis.call('HGET', KEYS[1], 'kind') == '"video"'
+if status == '"queued"' or running_video then
   redis.call('HSET', KEYS[1], 'status', '"cancelled"', 'finished_at', ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  if running_video then return 'cancelled_running' end
   return 'cancelled'
 end
 return status
+"""
+
+# KEYS[1] job, KEYS[2] its progress hash, KEYS[3] running set; ARGV: chunk, frames done, now, job id, ttl.
+# Records a chunk's progress and the job's heartbeat; returns the job's status (a chunk stops when it is
+# no longer "running": cancelled, or failed by another chunk).
+_PROGRESS = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return 'missing' end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+if status == '"running"' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) end
+return status
+"""
+
+# KEYS[1] job; ARGV: job id, field, value, ... Writes fields of a running job (it stays running).
+_UPDATE = """
+if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+return 1
+"""
+
+# KEYS[1] chunks-done hash; ARGV: chunk, frames written, ttl. Returns how many chunks are done.
+_CHUNK_DONE = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return redis.call('HLEN', KEYS[1])
 """
 
 # KEYS[1] job, KEYS[2] running set, KEYS[3] queued set; ARGV: now, worker, max attempts, job id. A
@@ -235,6 +287,9 @@ class JobStore:
         self._redis = client
         self._ttl_s = ttl_s
         self._cancel = client.register_script(_CANCEL)
+        self._progress = client.register_script(_PROGRESS)
+        self._chunk_done = client.register_script(_CHUNK_DONE)
+        self._update = client.register_script(_UPDATE)
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._without_message = client.register_script(_WITHOUT_MESSAGE)
@@ -271,9 +326,60 @@ class JobStore:
         return JobRecord.from_hash(raw) if raw else None
 
     def cancel(self, job_id: str) -> str:
-        """``cancelled``, ``missing``, or the (quoted) status that prevented it."""
-        keys, args = [KEY_PREFIX + job_id, QUEUED_SET], [json.dumps(time.time()), job_id]
+        """``cancelled`` (it was queued), ``cancelled_running`` (a running video), ``missing``, or the
+        (quoted) status that prevented it."""
+        keys, args = [KEY_PREFIX + job_id, QUEUED_SET, RUNNING_SET], [json.dumps(time.time()), job_id]
         return str(guard_redis(lambda: self._cancel(keys=keys, args=args)))
+
+    # Videos: a job's chunks report progress and completion beside its record.
+
+    def report_progress(self, job_id: str, chunk: int, done: int) -> JobStatus | None:
+        """Record ``done`` frames of ``chunk`` and the job's heartbeat; returns the job's status (None when
+        the record is gone)."""
+        keys = [KEY_PREFIX + job_id, KEY_PREFIX + job_id + PROGRESS_SUFFIX, RUNNING_SET]
+        args = [chunk, done, time.time(), job_id, self._ttl_s]
+        status = str(guard_redis(lambda: self._progress(keys=keys, args=args)))
+        return None if status == "missing" else JobStatus(json.loads(status))
+
+    def progress(self, job_id: str) -> int:
+        """Frames rendered so far, over all chunks."""
+        done = guard_redis(lambda: self._redis.hvals(KEY_PREFIX + job_id + PROGRESS_SUFFIX))
+        return sum(int(value) for value in done)
+
+    def chunk_done(self, job_id: str, chunk: int, frames: int) -> int:
+        """Record that ``chunk`` is stored with ``frames`` frames; returns how many chunks are done (a
+        redelivered chunk counts once)."""
+        keys, args = [KEY_PREFIX + job_id + CHUNKS_DONE_SUFFIX], [chunk, frames, self._ttl_s]
+        return int(guard_redis(lambda: self._chunk_done(keys=keys, args=args)))
+
+    def chunks_done(self, job_id: str) -> dict[int, int]:
+        """Frames written by each finished chunk."""
+        raw = guard_redis(lambda: self._redis.hgetall(KEY_PREFIX + job_id + CHUNKS_DONE_SUFFIX))
+        return {int(chunk): int(frames) for chunk, frames in raw.items()}
+
+    def chunk_attempt(self, job_id: str, part: str) -> int:
+        """Count one more delivery of a video's chunk (or join); returns the count."""
+        name = KEY_PREFIX + job_id + ATTEMPTS_SUFFIX
+
+        def count() -> int:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hincrby(name, part, 1)
+                pipe.expire(name, self._ttl_s)
+                return int(pipe.execute()[0])
+
+        return guard_redis(count)
+
+    def set_video_plan(self, record: JobRecord, source: dict[str, Any], chunks: int) -> bool:
+        """Note what the source is and how many chunks render it, if the job still runs."""
+        return self.update_running(replace(record, source=source, chunks=chunks))
+
+    def update_running(self, record: JobRecord) -> bool:
+        """Write ``record``'s fields if the job is still running (it stays running)."""
+        fields = record.to_hash()
+        fields.pop("attempts", None)
+        fields.pop("status", None)
+        args: list[str] = [record.id, *(item for pair in fields.items() for item in pair)]
+        return bool(guard_redis(lambda: self._update(keys=[KEY_PREFIX + record.id], args=args)))
 
     def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
         keys = [KEY_PREFIX + job_id, RUNNING_SET, QUEUED_SET]
@@ -288,8 +394,12 @@ class JobStore:
         args: list[str] = [record.id, *(item for pair in fields.items() for item in pair)]
         return bool(guard_redis(lambda: self._finish(keys=[KEY_PREFIX + record.id, RUNNING_SET], args=args)))
 
-    def running_since_before(self, cutoff: float) -> list[str]:
-        """Ids of jobs that started running before ``cutoff`` (epoch seconds) and never finished."""
+    def running_since_before(self, cutoff: float, *, job_id: str | None = None) -> list[str]:
+        """Ids of jobs that started running (videos: last reported progress) before ``cutoff`` (epoch
+        seconds) and never finished; with ``job_id``, that job if it is one of them."""
+        if job_id is not None:
+            score = guard_redis(lambda: self._redis.zscore(RUNNING_SET, job_id))
+            return [job_id] if score is not None and score <= cutoff else []
         return list(guard_redis(lambda: self._redis.zrangebyscore(RUNNING_SET, "-inf", cutoff)))
 
     def forget_running(self, job_id: str) -> None:

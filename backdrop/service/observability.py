@@ -42,6 +42,13 @@ STAGE_SECONDS = Histogram("backdrop_stage_seconds", "Time per pipeline stage", [
 MODEL_LOAD_SECONDS = Histogram(
     "backdrop_model_load_seconds", "Time a worker process took to load its models", buckets=STAGE_BUCKETS
 )
+VIDEO_FRAMES = Counter("backdrop_video_frames_total", "Video frames rendered")
+VIDEO_SECONDS = Counter("backdrop_video_seconds_total", "Seconds of video delivered (joined results)")
+VIDEO_CHUNK_SECONDS = Histogram(
+    "backdrop_video_chunk_seconds",
+    "Time to render one chunk of a video",
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640),
+)
 BATCH_SIZE = Histogram("backdrop_batch_size", "Images per model invocation", buckets=(1, 2, 4, 8, 16, 32))
 
 current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("backdrop_job_id", default=None)

@@ -8,6 +8,9 @@ from celery import Celery
 from backdrop.settings import Settings
 
 PROCESS_TASK = "backdrop.process_job"
+VIDEO_TASK = "backdrop.process_video"  # plans a video's chunks and queues them
+CHUNK_TASK = "backdrop.render_chunk"  # renders one time range of a video
+JOIN_TASK = "backdrop.join_video"  # joins a video's chunks and stores the result
 SWEEP_TASK = "backdrop.sweep"
 
 
@@ -38,7 +41,7 @@ def make_celery(settings: Settings) -> Celery:
     return app
 
 
-def enqueue(app: Celery, job_id: str, queue: str) -> None:
+def enqueue(app: Celery, job_id: str, queue: str, *, task: str = PROCESS_TASK) -> None:
     """Publish one job message; fails fast (no retry loop) so the API can answer 503."""
     # The Celery task id is the job id, so Celery's own log lines name the job too.
-    app.send_task(PROCESS_TASK, args=[job_id], task_id=job_id, queue=queue, retry=False)
+    app.send_task(task, args=[job_id], task_id=job_id, queue=queue, retry=False)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from backdrop.errors import BackdropError
 from backdrop.settings import Settings
@@ -22,7 +23,15 @@ class ObjectNotFound(BackdropError):
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
 
+    def put_file(self, key: str, source: BinaryIO, content_type: str) -> None:
+        """Store a file read in parts from ``source``: memory stays flat however large it is."""
+        ...
+
     def get(self, key: str) -> bytes: ...
+
+    def get_file(self, key: str, destination: Path) -> None:
+        """Write the object to ``destination``, in parts."""
+        ...
 
     def delete(self, *keys: str) -> None: ...
 
@@ -47,6 +56,7 @@ class S3Storage:
 
     def __init__(self, settings: Settings) -> None:
         import boto3
+        from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
         self.bucket = settings.s3_bucket
@@ -69,8 +79,14 @@ class S3Storage:
         self._signer = session.client("s3", endpoint_url=public, config=config, **credentials)
         self._create_bucket = settings.s3_create_bucket
         self._bucket_checked = False
+        # Large files (videos) go in 8 MiB parts, two at a time, at most three parts in memory (boto3 would
+        # hold ten): what an upload costs in memory stays flat whatever the file's size.
+        self._transfer = TransferConfig(multipart_chunksize=8 * 1024 * 1024, max_concurrency=2)
+        self._transfer.max_in_memory_upload_chunks = 3
+        self._transfer.max_in_memory_download_chunks = 3
 
     def _call(self, operation: Callable[[], object]) -> object:
+        from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -81,7 +97,7 @@ class S3Storage:
             if code in ("NoSuchKey", "404", "NotFound"):
                 raise ObjectNotFound(f"no object {error.get('Key', '')}".strip()) from None
             raise StorageUnavailable(f"object store refused the request: {code} {error.get('Message', '')}") from None
-        except BotoCoreError as exc:
+        except (BotoCoreError, S3UploadFailedError) as exc:
             raise StorageUnavailable(f"object store unreachable: {exc}") from None
 
     def ensure_bucket(self) -> None:
@@ -99,9 +115,22 @@ class S3Storage:
             self.ensure_bucket()
         self._call(lambda: self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type))
 
+    def put_file(self, key: str, source: BinaryIO, content_type: str) -> None:
+        if not self._bucket_checked:
+            self.ensure_bucket()
+        source.seek(0)
+        self._call(
+            lambda: self._client.upload_fileobj(
+                source, self.bucket, key, ExtraArgs={"ContentType": content_type}, Config=self._transfer
+            )
+        )
+
     def get(self, key: str) -> bytes:
         response = self._call(lambda: self._client.get_object(Bucket=self.bucket, Key=key))
         return self._call(lambda: response["Body"].read())  # type: ignore[index]
+
+    def get_file(self, key: str, destination: Path) -> None:
+        self._call(lambda: self._client.download_file(self.bucket, key, str(destination), Config=self._transfer))
 
     def delete(self, *keys: str) -> None:
         if keys:

@@ -12,6 +12,9 @@ Redis memory for uploads is bounded by how many jobs wait times the inline limit
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import BinaryIO
+
 import redis
 
 from backdrop.service.jobs import connect_redis, guard_redis
@@ -48,6 +51,19 @@ class Uploads:
         key = OBJECT_PREFIX + name
         self._storage.put(key, data, "application/octet-stream")
         return key
+
+    def put_file(self, name: str, source: BinaryIO) -> str:
+        """Store a large upload (a video) from a file, in parts; always in the object store."""
+        key = OBJECT_PREFIX + name
+        self._storage.put_file(key, source, "application/octet-stream")
+        return key
+
+    def get_file(self, locator: str, destination: Path) -> None:
+        """Write the upload to ``destination`` (a video: in parts, from the object store)."""
+        if locator.startswith(INLINE_SCHEME):
+            destination.write_bytes(self.get(locator))
+        else:
+            self._storage.get_file(locator, destination)
 
     def get(self, locator: str) -> bytes:
         """The upload's bytes; :class:`ObjectNotFound` once it was deleted or expired."""
