@@ -205,6 +205,18 @@ def openapi_document() -> dict[str, Any]:
                                           "content": {"application/json": {"schema": {"type": "object"}}}}},
                 }
             },
+            "/v1/live": {
+                "get": {
+                    "summary": "Where the live WebSocket is",
+                    "operationId": "liveMode",
+                    "responses": {
+                        "200": {"description": "websocket_url, effects, formats, limits",
+                                "content": {"application/json": {"schema": {"type": "object"}}}},
+                        "401": _error("missing or wrong API key"),
+                        "404": _error("live mode is not configured"),
+                    },
+                }
+            },
             "/healthz": {"get": {"summary": "Process alive", "operationId": "healthz",
                                  "responses": {"200": {"description": "alive"}}}},
             "/readyz": {"get": {"summary": "Broker and storage reachable", "operationId": "readyz",

@@ -365,6 +365,28 @@ def list_models() -> Response:
     )
 
 
+@blueprint.get("/v1/live")
+def live_mode() -> Response:
+    """Where live mode's WebSocket is (the web page and clients look here), when it is configured."""
+    settings = services().settings
+    if not settings.live_url:
+        raise ApiError("live mode is not configured on this service (BACKDROP_LIVE_URL)", code="not_found")
+    return jsonify(
+        {
+            "websocket_url": settings.live_url,
+            "effects": ["blur", "replace", "color", "gray", "mask"],
+            "formats": ["jpeg", "webp"],
+            "limits": {
+                "frame_pixels": settings.live_max_frame_pixels,
+                "message_bytes": settings.live_max_message_bytes,
+                "frames_in_flight": settings.live_max_in_flight,
+                "idle_timeout_s": settings.live_idle_timeout_s,
+            },
+            "api_key": 'when the service has API keys: ?api_key=KEY in the URL, or {"api_key": KEY} first',
+        }
+    )
+
+
 @blueprint.get("/")
 def web_page() -> Response:
     """The web page: plain HTML, CSS and JS that use only the public /v1 API."""

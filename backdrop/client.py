@@ -12,9 +12,11 @@ error codes become typed exceptions.
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -365,3 +367,80 @@ class Client:
 def submit(media: str | Path | bytes, *, url: str = DEFAULT_URL, api_key: str | None = None, **params: Any) -> Job:
     """One-off: ``submit("photo.jpg", effect="gray").wait().download("gray.jpg")``."""
     return Client(url, api_key=api_key).submit(media, **params)
+
+
+class LiveClient:
+    """A live session with a Backdrop service: camera frames (JPEG or WebP bytes) in, processed frames out.
+
+        with LiveClient.discover("http://127.0.0.1:8080") as live:
+            live.configure(effect="blur", strength=70)
+            for processed in live.stream(jpeg_frames, in_flight=2):
+                ...
+
+    Every frame sent is answered, in order; ``stream`` keeps ``in_flight`` frames on the way, so the
+    network's round trip overlaps the server's work."""
+
+    def __init__(self, websocket_url: str, *, api_key: str | None = None, timeout: float = 30) -> None:
+        from websockets.sync.client import connect
+
+        url = websocket_url
+        if api_key:
+            url += ("&" if "?" in url else "?") + "api_key=" + requests.utils.quote(api_key)
+        self._connection = connect(url, max_size=None, open_timeout=timeout, close_timeout=5)
+        self._socket = self._connection.__enter__()  # closed by close() or by leaving a with block
+        self.timeout = timeout
+
+    @classmethod
+    def discover(cls, url: str = DEFAULT_URL, *, api_key: str | None = None) -> LiveClient:
+        """Ask the API where live mode is (``GET /v1/live``), then connect."""
+        info = Client(url, api_key=api_key, retries=1)._request("GET", "/v1/live").json()
+        return cls(info["websocket_url"], api_key=api_key)
+
+    def __enter__(self) -> LiveClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Send settings (effect, strength, bokeh, color, targets, keep, quality, format, and background as
+        bytes, a ``Path``, or a data URL); returns those in force. Raises :class:`InvalidRequest` for a bad
+        one."""
+        if "background" in settings and not isinstance(settings["background"], str | type(None)):
+            given = settings["background"]
+            data = given if isinstance(given, bytes) else Path(given).read_bytes()
+            settings["background"] = base64.b64encode(data).decode()
+        self._socket.send(json.dumps({k: v for k, v in settings.items() if v is not None}))
+        answer = json.loads(self._socket.recv(timeout=self.timeout))
+        if "error" in answer:
+            raise InvalidRequest(answer["error"]["code"], answer["error"]["message"])
+        return answer["settings"]
+
+    def process(self, frame: bytes) -> bytes:
+        """One frame, one answer (raises :class:`InvalidRequest` when the frame was refused)."""
+        return next(self.stream([frame], in_flight=1))
+
+    def stream(self, frames: Iterable[bytes], *, in_flight: int = 2) -> Iterator[bytes]:
+        """The processed frames, in order, with up to ``in_flight`` frames sent ahead of the answers."""
+        waiting = 0
+        source = iter(frames)
+        exhausted = False
+        while True:
+            while not exhausted and waiting < in_flight:
+                frame = next(source, None)
+                if frame is None:
+                    exhausted = True
+                    break
+                self._socket.send(frame)
+                waiting += 1
+            if waiting == 0:
+                return
+            answer = self._socket.recv(timeout=self.timeout)
+            waiting -= 1
+            if isinstance(answer, str):
+                error = json.loads(answer).get("error", {})
+                raise InvalidRequest(error.get("code", "invalid_frame"), error.get("message", answer))
+            yield answer

@@ -128,6 +128,16 @@ class Settings:
     # multi-process (gunicorn workers, Celery prefork children).
     metrics_dir: Path | None = None
 
+    # Live mode: the WebSocket server (`python -m live`), and where the API says it is.
+    live_url: str | None = None
+    live_port: int = 8765
+    live_workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    live_max_sessions: int = 8
+    live_max_in_flight: int = 8
+    live_max_message_bytes: int = 4 * 1024 * 1024
+    live_max_frame_pixels: int = 1920 * 1080
+    live_idle_timeout_s: float = 60.0
+
     # `backdrop submit` and the Python client.
     client_url: str = "http://127.0.0.1:8080"
     client_api_key: str | None = field(default=None, repr=False)
@@ -228,6 +238,14 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_queue_depth": ("BACKDROP_MAX_QUEUE_DEPTH", int),
     "api_keys": ("BACKDROP_API_KEYS", lambda text: tuple(k.strip() for k in text.split(",") if k.strip())),
     "fault_injection": ("BACKDROP_FAULT_INJECTION", parse_bool),
+    "live_url": ("BACKDROP_LIVE_URL", str),
+    "live_port": ("BACKDROP_LIVE_PORT", _positive_int),
+    "live_workers": ("BACKDROP_LIVE_WORKERS", _positive_int),
+    "live_max_sessions": ("BACKDROP_LIVE_MAX_SESSIONS", _positive_int),
+    "live_max_in_flight": ("BACKDROP_LIVE_MAX_IN_FLIGHT", _positive_int),
+    "live_max_message_bytes": ("BACKDROP_LIVE_MAX_MESSAGE_BYTES", _positive_int),
+    "live_max_frame_pixels": ("BACKDROP_LIVE_MAX_FRAME_PIXELS", _positive_int),
+    "live_idle_timeout_s": ("BACKDROP_LIVE_IDLE_TIMEOUT_S", _positive_float),
     "client_url": ("BACKDROP_URL", str),
     "client_api_key": ("BACKDROP_API_KEY", str),
     "port": ("PORT", _positive_int),

@@ -25,6 +25,7 @@ SECRET_KEYS = {"BACKDROP_S3_ACCESS_KEY", "BACKDROP_S3_SECRET_KEY"}
 # whether the service may create its bucket (compose's MinIO starts empty; real S3 buckets are made once).
 PER_DEPLOYMENT = {
     "BACKDROP_REDIS_URL", "BACKDROP_S3_ENDPOINT_URL", "BACKDROP_S3_PUBLIC_URL", "BACKDROP_S3_CREATE_BUCKET",
+    "BACKDROP_LIVE_URL",
 }  # fmt: skip
 # Compose service -> (Kubernetes workload, container).
 WORKLOADS = {
@@ -32,6 +33,7 @@ WORKLOADS = {
     "worker": ("backdrop-worker", "worker"),
     "beat": ("backdrop-beat", "beat"),
     "redis": ("backdrop-redis", "redis"),
+    "live": ("backdrop-live", "live"),
 }
 
 
@@ -100,7 +102,7 @@ def test_kustomization_lists_every_manifest():
 
 def test_every_copied_file_and_entry_point_exists():
     stages = dockerfile_stages()
-    assert {"base", "api", "pipeline", "worker"} <= set(stages)
+    assert {"base", "api", "pipeline", "worker", "live"} <= set(stages)
     for name, instructions in stages.items():
         for instruction in instructions:
             if instruction.startswith("COPY"):
@@ -110,7 +112,7 @@ def test_every_copied_file_and_entry_point_exists():
     script = next(i for i in stages["base"] if i.startswith("COPY deploy/entrypoint.sh"))
     assert json.loads(entrypoint.split(None, 1)[1]) == [script.split()[-1].rsplit("/", 1)[-1]]
     assert (ROOT / "deploy/entrypoint.sh").stat().st_mode & 0o111
-    for target in ("api", "worker"):
+    for target in ("api", "worker", "live"):
         assert "USER 10001" in stages[target]
         cmd = json.loads(next(i for i in stages[target] if i.startswith("CMD")).split(None, 1)[1])
         assert_command_runs_our_code(cmd)
@@ -122,13 +124,16 @@ def assert_command_runs_our_code(command: list[str]) -> None:
         module, attribute = command[1].split(":")
     elif command[0] == "celery":
         module, attribute = command[command.index("-A") + 1], "app"
+    elif command[:2] == ["python", "-m"]:
+        module, attribute = command[2] + ".__main__", "main"
     elif command[0] == "valkey-server":
         return
     else:
         raise AssertionError(f"unknown command {command}")
     source = ROOT / (module.replace(".", "/") + ".py")
     assert source.is_file(), f"{command}: no {source}"
-    assert re.search(rf"^{attribute}\s*=", source.read_text(), re.MULTILINE), f"{source} defines no {attribute}"
+    defined = rf"^({attribute}\s*=|def {attribute}\()"
+    assert re.search(defined, source.read_text(), re.MULTILINE), f"{source} defines no {attribute}"
 
 
 def test_api_image_has_no_ml_stack():

@@ -233,3 +233,163 @@ form.addEventListener("submit", async (event) => {
 apiKeyInput.value = localStorage.getItem("backdrop-api-key") || "";
 apiKeyInput.addEventListener("change", () => { showError(""); loadTargets(); });
 loadTargets();
+
+// --- Tabs -----------------------------------------------------------------------------------------
+
+function showTab(name) {
+  for (const [tab, panel] of [["tab-jobs", "jobs"], ["tab-live", "live"]]) {
+    const chosen = panel === name;
+    $(tab).setAttribute("aria-selected", String(chosen));
+    $(panel).hidden = !chosen;
+  }
+  if (name !== "live") stopLive();
+}
+$("tab-jobs").addEventListener("click", () => showTab("jobs"));
+$("tab-live").addEventListener("click", () => showTab("live"));
+
+// --- Live mode: the camera through the service's WebSocket, frame by frame -------------------------
+
+const LIVE_IN_FLIGHT = 2;  // frames sent ahead of the answers: the round trip overlaps the work
+const LIVE_CLOSED = {
+  1001: "The live session was idle too long and was closed.",
+  1008: "The live session was closed: frames were sent too far ahead.",
+  1009: "A camera frame was larger than the service accepts.",
+  1013: "The live service is busy right now. Please try again in a moment.",
+  4401: "This service needs an API key: enter it under \u201cAPI key\u201d on the other tab.",
+};
+const live = { socket: null, stream: null, inFlight: 0, sentAt: [], shown: [], running: false, background: null };
+
+function liveStatus(text, bad = false) {
+  $("live-status").textContent = text;
+  $("live-status").classList.toggle("bad", bad);
+}
+
+function liveEffect() {
+  return document.querySelector("input[name=live-effect]:checked").value;
+}
+
+async function liveSettings() {
+  const settings = { effect: liveEffect(), strength: Number($("live-strength").value), color: $("live-color").value };
+  const file = $("live-background").files[0];
+  if (file && live.backgroundFile !== file) {
+    live.backgroundFile = file;
+    live.background = await new Promise((resolve) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result);
+      reader.readAsDataURL(file);
+    });
+    settings.background = live.background;
+  }
+  if (settings.effect === "replace" && !live.background) return null;  // wait for a background image
+  return settings;
+}
+
+async function sendLiveSettings() {
+  document.querySelectorAll(".live-option").forEach((el) => { el.hidden = el.dataset.for !== liveEffect(); });
+  $("live-strength-value").textContent = $("live-strength").value;
+  if (!live.socket || live.socket.readyState !== WebSocket.OPEN) return;
+  const settings = await liveSettings();
+  if (settings) live.socket.send(JSON.stringify(settings));
+  else liveStatus("Choose a background image for Replace.");
+}
+$("live-form").addEventListener("change", sendLiveSettings);
+$("live-strength").addEventListener("input", () => { $("live-strength-value").textContent = $("live-strength").value; });
+
+async function startLive() {
+  liveStatus("Connecting\u2026");
+  let info;
+  try {
+    ({ body: info } = await api("/v1/live"));
+  } catch (err) {
+    liveStatus(err.code === "not_found" ? "Live mode is not available on this service." : err.message, true);
+    return;
+  }
+  if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+    liveStatus("This browser cannot use a camera here (a camera needs https or localhost).", true);
+    return;
+  }
+  try {
+    live.stream = await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 360 }, audio: false });
+  } catch (err) {
+    const text = err.name === "NotAllowedError" ? "The camera permission was denied: allow the camera for this page and try again."
+      : err.name === "NotFoundError" ? "No camera was found on this device."
+      : `The camera could not be started (${err.name}).`;
+    liveStatus(text, true);
+    return;
+  }
+  const camera = $("live-camera");
+  camera.srcObject = live.stream;
+  await camera.play();
+  const key = apiKeyInput.value.trim();
+  const url = info.websocket_url + (key ? `?api_key=${encodeURIComponent(key)}` : "");
+  const socket = new WebSocket(url);
+  socket.binaryType = "blob";
+  live.socket = socket;
+  live.inFlight = 0;
+  live.sentAt = [];
+  socket.onopen = async () => {
+    live.running = true;
+    $("live-start").textContent = "Stop";
+    liveStatus("Live.");
+    await sendLiveSettings();
+    pumpLive();
+  };
+  socket.onmessage = async (event) => {
+    if (typeof event.data === "string") {
+      const message = JSON.parse(event.data);
+      if (message.error) {
+        live.inFlight = Math.max(0, live.inFlight - 1);  // a refused frame is still an answer
+        liveStatus(FRIENDLY[message.error.code] || message.error.message, true);
+        pumpLive();
+      }
+      return;
+    }
+    live.inFlight = Math.max(0, live.inFlight - 1);
+    const sent = live.sentAt.shift();
+    if (sent) $("live-latency").textContent = Math.round(performance.now() - sent);
+    const picture = await createImageBitmap(event.data);
+    const canvas = $("live-canvas");
+    if (canvas.width !== picture.width) { canvas.width = picture.width; canvas.height = picture.height; }
+    canvas.getContext("2d").drawImage(picture, 0, 0);
+    const now = performance.now();
+    live.shown.push(now);
+    while (live.shown.length && now - live.shown[0] > 1000) live.shown.shift();
+    $("live-fps").textContent = String(live.shown.length);
+    pumpLive();
+  };
+  socket.onclose = (event) => {
+    const wasRunning = live.running;
+    stopLive();
+    if (wasRunning && event.code !== 1000) liveStatus(LIVE_CLOSED[event.code] || `The live session ended (${event.code}).`, true);
+  };
+}
+
+const grabber = document.createElement("canvas");
+
+function pumpLive() {
+  const camera = $("live-camera");
+  while (live.running && live.inFlight < LIVE_IN_FLIGHT && camera.videoWidth) {
+    grabber.width = camera.videoWidth;
+    grabber.height = camera.videoHeight;
+    grabber.getContext("2d").drawImage(camera, 0, 0);
+    live.inFlight += 1;
+    grabber.toBlob((blob) => {
+      if (live.socket && live.socket.readyState === WebSocket.OPEN) {
+        live.sentAt.push(performance.now());
+        live.socket.send(blob);
+      } else {
+        live.inFlight -= 1;
+      }
+    }, "image/jpeg", 0.8);
+  }
+  if (live.running && !camera.videoWidth) setTimeout(pumpLive, 50);
+}
+
+function stopLive() {
+  live.running = false;
+  if (live.socket) { live.socket.onclose = null; live.socket.close(); live.socket = null; }
+  if (live.stream) { live.stream.getTracks().forEach((track) => track.stop()); live.stream = null; }
+  $("live-start").textContent = "Start the camera";
+}
+
+$("live-start").addEventListener("click", () => (live.running ? (stopLive(), liveStatus("Stopped.")) : startLive()));

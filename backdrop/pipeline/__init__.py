@@ -278,7 +278,9 @@ class Pipeline:
         work_w, work_h = work_size(width, height)
         if small is None:  # for the whole-frame passes and the smoothing: shrunk by a whole factor (cheap)
             small = make_preview(preview, WORK_LONG_SIDE)
-        recalled = history.recall("found") if history is not None else None
+        # Remembered per frame size: a camera that changes resolution starts afresh.
+        memory = f"found {work_w}x{work_h} {params.targets} {params.model} {params.keep}"
+        recalled = history.recall(memory) if history is not None else None
         if recalled is None:
             first, confirming, probability, class_masks = self._whole_and_tiles(
                 spec, preview, small, targets, work_w, work_h
@@ -287,7 +289,7 @@ class Pipeline:
             if self.settings.closer_look:
                 looks = plan_looks((probability >= 0.5) | np.logical_or.reduce(list(class_masks.values())))
             if history is not None:
-                history.remember("found", (confirming, class_masks, looks))
+                history.remember(memory, (confirming, class_masks, looks))
         else:  # a frame between refreshes: only the job's own model runs on the whole frame
             confirming, class_masks, looks = recalled
             first = self._segment(spec, small, targets)

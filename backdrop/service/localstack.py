@@ -276,6 +276,14 @@ def wait_for_workers(process: ManagedProcess, count: int, timeout_s: float = 90)
     _wait_until(loaded, "celery worker processes", process, timeout_s)
 
 
+def start_live(env: Mapping[str, str], *, port: int, log_path: Path | None) -> ManagedProcess:
+    """The live WebSocket server (``python -m live``), up once its health check answers."""
+    command = [sys.executable, "-m", "live", "--host", HOST, "--port", str(port)]
+    process = _spawn("live", command, log_path=log_path, env=env)
+    _wait_until(lambda: _http_ok(f"http://{HOST}:{port}/healthz"), f"live on port {port}", process, 60)
+    return process
+
+
 def start_api(env: Mapping[str, str], *, port: int, log_path: Path | None, processes: int = 2) -> ManagedProcess:
     command = [
         sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", f"{HOST}:{port}",
@@ -313,12 +321,17 @@ class LocalStack:
     credentials: S3Credentials = field(default_factory=S3Credentials.generate)
     worker_metrics_port: int = 0
     flower_port: int = 0
+    live_port: int = 0
     processes: list[ManagedProcess] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
         return f"http://{HOST}:{self.api_port}"
+
+    @property
+    def live_url(self) -> str:
+        return f"ws://{HOST}:{self.live_port}/v1/live"
 
     def start(self, base_env: Mapping[str, str], *, log_services_to_files: bool = True) -> None:
         logs = self.root / "log"
@@ -337,6 +350,8 @@ class LocalStack:
             )
             self.env.setdefault("BACKDROP_WORKER_METRICS_PORT", str(self.worker_metrics_port or free_port()))
             self.worker_metrics_port = int(self.env["BACKDROP_WORKER_METRICS_PORT"])
+            self.live_port = self.live_port or free_port()
+            self.env["BACKDROP_LIVE_URL"] = self.live_url  # the API tells clients where live mode is
             worker_log = logs / "worker.log" if log_services_to_files else None
             queues = Settings.from_env(self.env).queue
             worker = start_workers(
@@ -347,6 +362,13 @@ class LocalStack:
                 beat_schedule=self.root / "celerybeat-schedule",
             )
             self.processes.append(worker)
+            # Live frames run one after another per session: every core on each frame keeps latency down.
+            live_env = {
+                **_with_metrics_dir(self.env, self.root / "metrics" / "live"),
+                "BACKDROP_THREADS": str(os.cpu_count() or 1),
+            }
+            live_log = logs / "live.log" if log_services_to_files else None
+            self.processes.append(start_live(live_env, port=self.live_port, log_path=live_log))
             api_log = logs / "api.log" if log_services_to_files else None
             api_env = _with_metrics_dir(self.env, self.root / "metrics" / "api")
             self.processes.append(start_api(api_env, port=self.api_port, log_path=api_log))
@@ -416,6 +438,7 @@ def main() -> int:
         redis_port=port_or_free(6379),
         s3_port=port_or_free(8333),
         worker_metrics_port=port_or_free(settings.worker_metrics_port),
+        live_port=port_or_free(settings.live_port),
         flower_port=port_or_free(5555) if settings.flower else 0,
     )
     stopping = False
@@ -440,6 +463,7 @@ def main() -> int:
         f"\n  Backdrop is running.\n"
         f"  Web page:  {stack.api_url}/\n"
         f"  API:       {stack.api_url}   (try: curl {stack.api_url}/v1/models)\n"
+        f"  Live:      {stack.live_url}   (the web page's Live tab; backdrop live --input clip.mp4)\n"
         f"  OpenAPI:   {stack.api_url}/openapi.json\n"
         f"  Metrics:   {stack.api_url}/metrics (API), http://{HOST}:{stack.worker_metrics_port}/ (workers)\n"
         f"{flower}"

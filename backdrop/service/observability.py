@@ -21,6 +21,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
@@ -49,6 +50,9 @@ VIDEO_CHUNK_SECONDS = Histogram(
     "Time to render one chunk of a video",
     buckets=(0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640),
 )
+# Live
+LIVE_SESSIONS = Gauge("backdrop_live_sessions", "Open live sessions", multiprocess_mode="livesum")
+LIVE_FRAMES = Counter("backdrop_live_frames_total", "Live frames processed")
 BATCH_SIZE = Histogram("backdrop_batch_size", "Images per model invocation", buckets=(1, 2, 4, 8, 16, 32))
 
 current_job_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("backdrop_job_id", default=None)

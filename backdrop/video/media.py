@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 from collections.abc import Iterator
@@ -229,26 +230,28 @@ def _video_packets(chunks: list[Path]) -> Iterator[tuple[float, int, av.Packet]]
 
 def join(
     chunks: list[Path],
-    source: str | Path,
+    source: str | Path | None,
     output: str | Path,
     fmt: VideoFormat,
     *,
     keep_metadata: bool = False,
 ) -> JoinReport:
-    """One MP4/WebM file from the chunks' video packets (not re-encoded) and the source's sound."""
+    """One MP4/WebM file from the chunks' video packets (not re-encoded) and the source's sound (a camera
+    recording has no source: ``None``)."""
     if not chunks:
         raise ValueError("nothing to join")
     options = {"movflags": "+faststart"} if fmt is VideoFormat.MP4 else {}
-    with (
-        av.open(str(chunks[0]), mode="r") as template,
-        av.open(str(source), mode="r", metadata_errors="ignore") as original,
-        av.open(str(output), mode="w", format=fmt.value, options=options) as out,
-    ):
+    with contextlib.ExitStack() as opened:
+        template = opened.enter_context(av.open(str(chunks[0]), mode="r"))
+        original = None
+        if source is not None:
+            original = opened.enter_context(av.open(str(source), mode="r", metadata_errors="ignore"))
+        out = opened.enter_context(av.open(str(output), mode="w", format=fmt.value, options=options))
         video_out = out.add_stream_from_template(template.streams.video[0])
-        if keep_metadata:
+        if keep_metadata and original is not None:
             out.metadata.update({k: v for k, v in original.metadata.items() if k != "encoder"})
-        start_s = file_start_s(original)
-        audio_in = original.streams.audio[0] if original.streams.audio else None
+        start_s = file_start_s(original) if original is not None else 0.0
+        audio_in = original.streams.audio[0] if original is not None and original.streams.audio else None
         audio_packets: Iterator[tuple[float, int, av.Packet]] = iter(())
         copied = False
         if audio_in is not None:
