@@ -96,7 +96,8 @@ class Settings:
     queue: str = "backdrop"
     queue_routes: tuple[tuple[str, str], ...] = ()
     job_ttl_s: int = 24 * 3600
-    inline_upload_max_bytes: int = 256 * 1024
+    inline_upload_max_bytes: int = 8 * 1024 * 1024
+    inline_uploads_max_mb: int = 256
     storage: str = "s3"
     s3_endpoint_url: str | None = None
     s3_public_url: str | None = None
@@ -216,6 +217,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "queue_routes": ("BACKDROP_QUEUE_ROUTES", _routes),
     "job_ttl_s": ("BACKDROP_JOB_TTL_S", _positive_int),
     "inline_upload_max_bytes": ("BACKDROP_INLINE_UPLOAD_MAX_BYTES", _non_negative_int),
+    "inline_uploads_max_mb": ("BACKDROP_INLINE_UPLOADS_MAX_MB", _non_negative_int),
     "storage": ("BACKDROP_STORAGE", str.lower),
     "s3_endpoint_url": ("BACKDROP_S3_ENDPOINT_URL", str),
     "s3_public_url": ("BACKDROP_S3_PUBLIC_URL", str),

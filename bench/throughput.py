@@ -1,20 +1,18 @@
-"""Scaling on this machine, against the real local stack (Redis, S3, Celery workers, the API).
+"""What the service keeps of what the pipeline can do, on this machine, against the real local stack
+(Redis, S3, Celery workers, the API).
 
-    .venv/bin/python bench/throughput.py [--small-jobs 120] [--large-jobs 24] [--repeat 3]
+    .venv/bin/python bench/throughput.py [--small-jobs 120] [--large-jobs 40] [--repeat 3]
 
-One stack with two worker nodes of one process each (one inference thread each); a measurement with 1
-worker process lets only the first node consume (Celery's ``cancel_consumer``), so runs with 1 and 2
-processes alternate on the same servers and drift of the machine's speed hits both alike. For 0.3 MP
-and 12 MP blur jobs it prints:
-- burst: jobs/s with every job submitted at once, so the API and the benchmark's clients compete with the
-  workers for the same cores, and p50/p95 end-to-end latency under that load;
-- drain: jobs/s of the workers alone, emptying a queue filled while they did not consume it (the API
-  and clients idle, as on their own machines; the Redis and S3 servers still share the cores);
-- the queue and storage overhead per job, one job at a time (end-to-end time minus the pipeline's own
-  time, from the job records: the upload, record writes, queueing, delivery, reading the upload and
-  storing the result).
-Then how many submissions per second the API takes (64x48 JPEGs, 16 keep-alive clients, 5 s), and the
-pipeline alone in 1 and 2 processes with no servers: the ceiling the cores themselves set.
+For 0.3 MP and 2.25 MP blur jobs (JPEG in, JPEG out):
+- the bare pipeline (``Pipeline.process`` on the bytes, no servers) in 1 and 2 processes: images/s;
+- the same images as jobs through the service, every job submitted at once by keep-alive clients that
+  poll each job's status through the API at a bounded rate, with 1 and 2 worker processes (one stack,
+  two one-process worker nodes; for "1 worker" only the first consumes): jobs/s from the first
+  submission to the last finish, and p50/p95 end-to-end;
+- the *service efficiency*: service jobs/s / bare-pipeline images/s at the same number of processes;
+- CPU milliseconds per job of every process (the API's, the workers', Redis's, S3's and this load
+  client's), from /proc, against the bare pipeline's own CPU per image.
+Then how many 0.3 MP uploads per second the API accepts while two workers process them (16 clients).
 """
 
 from __future__ import annotations
@@ -39,22 +37,25 @@ import numpy as np
 from skimage import data as samples
 
 from backdrop.params import JobParams
-from backdrop.pipeline import STAGES, Pipeline
+from backdrop.pipeline import Pipeline
 from backdrop.pipeline.allocator import retain_freed_memory
-from backdrop.service.jobs import KEY_PREFIX, JobRecord, JobStatus, JobStore
+from backdrop.service.jobs import JobRecord, JobStore
 from backdrop.service.localstack import LocalStack, free_port
 from backdrop.service.queue import make_celery
 from backdrop.settings import Settings
 
-SIZES = {"0.3 MP": (640, 480), "12 MP": (4000, 3000)}
+SIZES = {"0.3 MP": (640, 480), "2.25 MP": (2000, 1125)}
+WORKER_COUNTS = (1, 2)
+# The clients' status reads through the API: at most this many per second in all.
+POLLS_PER_SECOND = 200
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def jpeg(width: int, height: int) -> bytes:
     image = cv2.resize(samples.astronaut()[:, :, ::-1], (width, height), interpolation=cv2.INTER_CUBIC)
     noise = np.random.default_rng(0).normal(0, 3, image.shape)
-    return cv2.imencode(".jpg", np.clip(image + noise, 0, 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])[
-        1
-    ].tobytes()
+    pixels = np.clip(image + noise, 0, 255).astype(np.uint8)
+    return cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -62,31 +63,80 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(share * (len(ordered) - 1) + 0.5))]
 
 
+# --- CPU time of the stack's processes, from /proc -----------------------------------------------------
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parents
+
+
+def tree_cpu(root: int, parents: dict[int, int]) -> float:
+    """CPU seconds of a process and every live process below it (gunicorn's workers, Celery's pool)."""
+    tree, grown = {root}, True
+    while grown:
+        grown = False
+        for pid, parent in parents.items():
+            if parent in tree and pid not in tree:
+                tree.add(pid)
+                grown = True
+    return sum(_cpu_seconds(pid) for pid in tree)
+
+
+class CpuMeter:
+    """CPU seconds used by each part of the stack (and this client) between two readings."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.roots = {
+            "api": [stack.process("api").process.pid],
+            "workers": [p.process.pid for p in stack.processes if p.name.startswith("worker-")],
+            "redis": [stack.process("redis").process.pid],
+            "s3": [stack.process("s3").process.pid],
+        }
+
+    def read(self) -> dict[str, float]:
+        parents = _parents()
+        reading = {name: sum(tree_cpu(pid, parents) for pid in pids) for name, pids in self.roots.items()}
+        reading["client"] = time.process_time()
+        return reading
+
+
+# --- the load client ------------------------------------------------------------------------------------
+
+
 def multipart(image: bytes) -> tuple[bytes, str]:
-    """A prepared ``POST /v1/jobs`` body: the benchmark's own CPU time per request stays tiny."""
+    """A prepared ``POST /v1/jobs`` body: the client's own CPU time per request stays small."""
     boundary = "backdrop-bench-" + os.urandom(8).hex()
-    body = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
-            "Content-Type: image/jpeg\r\n\r\n"
-        ).encode()
-        + image
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    return body, f"multipart/form-data; boundary={boundary}"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n"
+    ).encode()
+    return head + image + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-class Submitter:
-    """One keep-alive connection to the API posting a prepared request (requests' per-call overhead would
-    otherwise count against the services sharing these cores)."""
+class Connection:
+    """One keep-alive connection to the API."""
 
-    def __init__(self, api_url: str, image: bytes) -> None:
+    def __init__(self, api_url: str) -> None:
         host, port = api_url.removeprefix("http://").split(":")
         self.connection = http.client.HTTPConnection(host, int(port), timeout=60)
-        self.body, self.content_type = multipart(image)
 
-    def submit(self) -> tuple[int, bytes]:
-        self.connection.request("POST", "/v1/jobs", self.body, {"Content-Type": self.content_type})
+    def call(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+        self.connection.request(method, path, body, headers or {})
         response = self.connection.getresponse()
         return response.status, response.read()
 
@@ -101,103 +151,96 @@ class Bench:
         self.store = JobStore.connect(self.settings.redis_url, ttl_s=3600)
         self.control = make_celery(self.settings).control
         self.nodes = nodes
+        self.meter = CpuMeter(stack)
 
     def consume_on(self, count: int) -> None:
-        """Only the first ``count`` worker nodes take jobs from the queue (0: none, to fill it)."""
+        """Only the first ``count`` worker nodes take jobs from the queue."""
         for index, node in enumerate(self.nodes):
             command = self.control.add_consumer if index < count else self.control.cancel_consumer
             if not command(self.settings.queue, destination=[node], reply=True, timeout=5):
                 raise RuntimeError(f"worker node {node} did not answer")
 
     def submit_all(self, image: bytes, count: int, clients: int = 8) -> list[str]:
+        body, content_type = multipart(image)
+
         def post(share: int) -> list[str]:
-            submitter = Submitter(self.api, image)
+            connection = Connection(self.api)
             ids = []
             for _ in range(share):
-                status, body = submitter.submit()
+                status, answer = connection.call("POST", "/v1/jobs", body, {"Content-Type": content_type})
                 if status != 202:
-                    raise RuntimeError(f"submission refused: {status} {body[:200]!r}")
-                ids.append(json.loads(body)["id"])
-            submitter.close()
+                    raise RuntimeError(f"submission refused: {status} {answer[:200]!r}")
+                ids.append(json.loads(answer)["id"])
+            connection.close()
             return ids
 
         shares = [count // clients + (1 if i < count % clients else 0) for i in range(clients)]
         with ThreadPoolExecutor(clients) as pool:
             return [job_id for ids in pool.map(post, shares) for job_id in ids]
 
-    def finished(self, job_ids: list[str], timeout_s: float = 900) -> list[JobRecord]:
-        """Waits with one pipelined status read of the unfinished jobs every 50 ms or more (cheap for Redis
-        and for this process, which share the cores with the workers; the rates and latencies come from
-        the job records' own times, not from when this loop notices), then reads the records once."""
+    def wait_through_the_api(self, job_ids: list[str], timeout_s: float = 900) -> None:
+        """Poll each unfinished job's status through the API (``GET /v1/jobs/{id}``) as a well-behaved
+        client does: again after the answer's ``Retry-After``, and at most ``POLLS_PER_SECOND`` reads a
+        second in all. The rates and latencies come from the job records' own times, so polling less
+        often does not change them; what the polls cost the API is counted."""
+        connection = Connection(self.api)
         deadline = time.monotonic() + timeout_s
-        waiting = list(job_ids)
-        while waiting:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(waiting)} jobs did not finish")
-            time.sleep(max(0.05, 0.002 * len(waiting)))  # at most ~500 status reads per second
-            with self.store.redis.pipeline(transaction=False) as pipe:
-                for job_id in waiting:
-                    pipe.hget(KEY_PREFIX + job_id, "status")
-                statuses = pipe.execute()
-            waiting = [
-                j for j, s in zip(waiting, statuses, strict=True) if s is None or not JobStatus(json.loads(s)).finished
-            ]
+        due = dict.fromkeys(job_ids, time.monotonic())
+        while due:
+            now = time.monotonic()
+            if now > deadline:
+                raise TimeoutError(f"{len(due)} jobs did not finish")
+            job_id, when = min(due.items(), key=lambda item: item[1])
+            if when > now:
+                time.sleep(when - now)
+            started = time.monotonic()
+            connection.connection.request("GET", f"/v1/jobs/{job_id}")
+            response = connection.connection.getresponse()
+            state = json.loads(response.read())["status"] if response.status == 200 else "unknown"
+            if state in ("succeeded", "failed", "cancelled"):
+                del due[job_id]
+            else:
+                due[job_id] = started + float(response.headers.get("Retry-After") or 1)
+            time.sleep(max(0.0, 1 / POLLS_PER_SECOND - (time.monotonic() - started)))
+        connection.close()
+
+    def records(self, job_ids: list[str]) -> list[JobRecord]:
         records = [self.store.get(job_id) for job_id in job_ids]
         failed = [r.error for r in records if r is None or r.error]  # type: ignore[union-attr]
         if failed:
             raise RuntimeError(f"jobs failed: {failed[:3]}")
         return records  # type: ignore[return-value]
 
-    def burst(self, image: bytes, count: int, workers: int) -> tuple[float, list[float]]:
-        """All jobs submitted at once (the API and these clients share the cores with the workers): jobs/s
-        from the first submission to the last finish, and each job's end-to-end ms."""
+    def burst(self, image: bytes, count: int, workers: int) -> tuple[float, list[float], dict[str, float]]:
+        """Every job submitted at once and waited for: jobs/s from the first submission to the last finish,
+        each job's end-to-end ms, and CPU ms per job of each process."""
         self.consume_on(workers)
-        records = self.finished(self.submit_all(image, count))
+        before = self.meter.read()
+        ids = self.submit_all(image, count)
+        self.wait_through_the_api(ids)
+        after = self.meter.read()
+        records = self.records(ids)
         span = max(r.finished_at for r in records) - min(r.created_at for r in records)  # type: ignore[operator]
-        return count / span, [(r.finished_at - r.created_at) * 1e3 for r in records]  # type: ignore[operator]
+        latencies = [(r.finished_at - r.created_at) * 1e3 for r in records]  # type: ignore[operator]
+        cpu = {name: (after[name] - before[name]) * 1e3 / count for name in after}
+        return count / span, latencies, cpu
 
-    def drain(self, image: bytes, count: int, workers: int) -> float:
-        """Worker throughput alone: the queue is filled while no worker consumes it, then ``workers``
-        processes drain it; jobs/s from the first start to the last finish. The API and the benchmark's
-        clients are idle meanwhile, as they would be on their own machines."""
-        self.consume_on(0)
-        try:
-            ids = self.submit_all(image, count)
-            if self.store.queue_depth(self.settings.queue) != count:
-                raise RuntimeError("workers kept consuming: the queue did not fill")
-        finally:
-            self.consume_on(workers)
-        records = self.finished(ids)
-        span = max(r.finished_at for r in records) - min(r.started_at for r in records)  # type: ignore[operator]
-        return count / span
-
-    def overhead(self, image: bytes, count: int, workers: int) -> tuple[float, float]:
-        """One job at a time: median end-to-end ms and median overhead (end-to-end minus pipeline) ms."""
-        self.consume_on(workers)
-        totals, overheads = [], []
-        for _ in range(count):
-            (record,) = self.finished(self.submit_all(image, 1, clients=1))
-            total = (record.finished_at - record.created_at) * 1e3  # type: ignore[operator]
-            pipeline = sum(record.timings_ms.get(stage, 0.0) for stage in STAGES)
-            totals.append(total)
-            overheads.append(total - pipeline)
-        return statistics.median(totals), statistics.median(overheads)
-
-    def submission_rate(self, seconds: float = 5, clients: int = 16) -> float:
-        small = jpeg(64, 48)
+    def submission_rate(self, image: bytes, seconds: float = 5, clients: int = 16) -> float:
+        """Uploads accepted per second while the workers process them."""
+        body, content_type = multipart(image)
         accepted = 0
         lock = threading.Lock()
         stop = time.monotonic() + seconds
 
         def client() -> None:
             nonlocal accepted
-            submitter = Submitter(self.api, small)
+            connection = Connection(self.api)
             while time.monotonic() < stop:
-                status, _ = submitter.submit()
+                status, _ = connection.call("POST", "/v1/jobs", body, {"Content-Type": content_type})
                 if status == 202:
                     with lock:
                         accepted += 1
-            submitter.close()
+            connection.close()
 
         started = time.monotonic()
         threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -208,6 +251,9 @@ class Bench:
         return accepted / (time.monotonic() - started)
 
 
+# --- the bare pipeline ------------------------------------------------------------------------------------
+
+
 def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiprocessing.Queue) -> None:
     settings = Settings.from_env({**os.environ, "BACKDROP_THREADS": "1"})
     retain_freed_memory(settings.retain_freed_memory_mb)  # as the workers do
@@ -216,71 +262,58 @@ def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiproce
         pipeline.process(image, JobParams())
     while time.time() < start:
         time.sleep(0.005)
-    done, began = 0, time.perf_counter()
+    done, began, cpu = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - began < seconds:
         pipeline.process(image, JobParams())
         done += 1
-    rates.put(done / (time.perf_counter() - began))
+    rates.put((done / (time.perf_counter() - began), (time.process_time() - cpu) * 1e3 / done))
 
 
-def pipeline_ceiling(image: bytes, processes: int, seconds: float = 5) -> float:
-    """Jobs/s of the pipeline alone in ``processes`` processes running at once (no servers, no queue):
-    what the cores themselves allow, for comparison with the stack."""
+def bare_pipeline(image: bytes, processes: int, seconds: float = 6) -> tuple[float, float]:
+    """Images/s of the pipeline alone in ``processes`` processes at once (no servers, no queue), and its
+    CPU ms per image."""
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no fork of this threaded process
     rates = spawn.Queue()
     start = time.time() + 20  # every process has loaded its models and warmed up by then
     workers = [spawn.Process(target=_pipeline_loop, args=(image, seconds, start, rates)) for _ in range(processes)]
     for worker in workers:
         worker.start()
-    total = sum(rates.get(timeout=120) for _ in workers)
+    results = [rates.get(timeout=120) for _ in workers]
     for worker in workers:
         worker.join()
-    return total
-
-
-WORKER_COUNTS = (1, 2)
+    return sum(rate for rate, _ in results), statistics.mean(cpu for _, cpu in results)
 
 
 @dataclass
 class Measured:
-    """One image size: per worker count the medians (burst jobs/s, p50 ms, p95 ms, drain jobs/s, 1-by-1
-    ms, overhead ms), and the 2-vs-1 ratio of each paired run."""
+    """One image size and worker count: medians over the runs."""
 
-    rows: dict[int, tuple[float, ...]]
-    burst_ratios: list[float]
-    drain_ratios: list[float]
+    rate: float
+    p50: float
+    p95: float
+    cpu: dict[str, float]
 
 
-def measure(bench: Bench, image: bytes, count: int, repeat: int) -> Measured:
+def measure(bench: Bench, image: bytes, count: int, repeat: int) -> dict[int, Measured]:
     bench.burst(image, 2 * len(WORKER_COUNTS), workers=max(WORKER_COUNTS))  # warm-up
-    bursts: dict[int, list[float]] = {w: [] for w in WORKER_COUNTS}
-    latencies: dict[int, list[float]] = {w: [] for w in WORKER_COUNTS}
-    drains: dict[int, list[float]] = {w: [] for w in WORKER_COUNTS}
-    for _ in range(repeat):  # several runs, 1 and 2 workers alternating: one run varies by several percent
+    runs: dict[int, list[tuple[float, list[float], dict[str, float]]]] = {w: [] for w in WORKER_COUNTS}
+    for _ in range(repeat):  # 1 and 2 workers alternating: the machine's drift hits both alike
         for workers in WORKER_COUNTS:
-            rate, run_latencies = bench.burst(image, count, workers)
-            bursts[workers].append(rate)
-            latencies[workers] += run_latencies
-            drains[workers].append(bench.drain(image, count, workers))
-    rows = {}
-    for workers in WORKER_COUNTS:
-        sequential, overhead = bench.overhead(image, max(3, count // 4), workers)
-        rows[workers] = (
-            statistics.median(bursts[workers]),
-            statistics.median(latencies[workers]),
-            percentile(latencies[workers], 0.95),
-            statistics.median(drains[workers]),
-            sequential,
-            overhead,
+            runs[workers].append(bench.burst(image, count, workers))
+    measured = {}
+    for workers, results in runs.items():
+        latencies = [ms for _, run, _ in results for ms in run]
+        names = results[0][2]
+        measured[workers] = Measured(
+            rate=statistics.median(rate for rate, _, _ in results),
+            p50=statistics.median(latencies),
+            p95=percentile(latencies, 0.95),
+            cpu={name: statistics.median(cpu[name] for _, _, cpu in results) for name in names},
         )
-    return Measured(
-        rows,
-        [two / one for one, two in zip(bursts[1], bursts[2], strict=True)],
-        [two / one for one, two in zip(drains[1], drains[2], strict=True)],
-    )
+    return measured
 
 
-def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, Measured], float]:
+def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, dict[int, Measured]], float]:
     """The stack with two one-process worker nodes; every size measured, then the API's submission rate."""
     env = {**os.environ, "BACKDROP_THREADS": "1", "BACKDROP_WORKER_METRICS_PORT": "0"}
     with tempfile.TemporaryDirectory(prefix="backdrop-throughput-") as root:
@@ -295,7 +328,7 @@ def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, M
                 count = args.small_jobs if label == "0.3 MP" else args.large_jobs
                 results[label] = measure(bench, image, count, args.repeat)
             bench.consume_on(max(WORKER_COUNTS))
-            return results, bench.submission_rate()
+            return results, bench.submission_rate(images["0.3 MP"])
         finally:
             stack.stop()
 
@@ -303,37 +336,32 @@ def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, M
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small-jobs", type=int, default=120)
-    parser.add_argument("--large-jobs", type=int, default=24)
+    parser.add_argument("--large-jobs", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (medians are printed)")
     args = parser.parse_args()
     images = {label: jpeg(*size) for label, size in SIZES.items()}
-    print(f"machine: {os.cpu_count()} cores; each worker process runs one inference thread\n")
-    ceiling = {label: [pipeline_ceiling(image, n) for n in WORKER_COUNTS] for label, image in images.items()}
+    sizes = ", ".join(f"{label} {len(image) // 1024} KiB" for label, image in images.items())
+    print(f"machine: {os.cpu_count()} cores; one inference thread per process; JPEGs: {sizes}\n")
+    bare = {label: {n: bare_pipeline(image, n) for n in WORKER_COUNTS} for label, image in images.items()}
     results, submissions = run(args, images)
     print(
-        f"{'size':>7} {'workers':>7} {'burst jobs/s':>12} {'p50 ms':>7} {'p95 ms':>7} {'drain jobs/s':>12}"
-        f" {'1-by-1 ms':>9} {'overhead ms':>11}"
+        f"{'size':>7} {'procs':>5} {'bare img/s':>10} {'service jobs/s':>14} {'efficiency':>10}"
+        f" {'p50 ms':>7} {'p95 ms':>7}"
     )
     for label, measured in results.items():
-        for workers, (rate, p50, p95, drained, sequential, overhead) in measured.rows.items():
+        for workers, m in measured.items():
+            rate = bare[label][workers][0]
             print(
-                f"{label:>7} {workers:>7} {rate:12.2f} {p50:7.0f} {p95:7.0f} {drained:12.2f}"
-                f" {sequential:9.0f} {overhead:11.1f}"
+                f"{label:>7} {workers:>5} {rate:10.2f} {m.rate:14.2f} {m.rate / rate:10.2f} {m.p50:7.0f} {m.p95:7.0f}"
             )
-        runs = {"burst": measured.burst_ratios, "drain": measured.drain_ratios}
-        print(
-            f"{label:>7} 2 vs 1 worker processes: "
-            + ", ".join(
-                f"{name} {statistics.median(ratios):.2f}x (runs {' '.join(f'{r:.2f}' for r in ratios)})"
-                for name, ratios in runs.items()
-            )
-        )
-        one, two = ceiling[label]
-        print(
-            f"{label:>7} the pipeline alone, no servers: {one:.2f} -> {two:.2f} jobs/s with 2 processes,"
-            f" {two / one:.2f}x (the cores' own ceiling)"
-        )
-    print(f"\nAPI: {submissions:.0f} submissions/s of 64x48 JPEGs (16 clients)")
+    names = ("api", "workers", "redis", "s3", "client")
+    print(f"\nCPU ms per job {'':>8}" + "".join(f"{name:>9}" for name in names) + f"{'total':>9}{'bare':>8}")
+    for label, measured in results.items():
+        for workers, m in measured.items():
+            cells = "".join(f"{m.cpu[name]:9.1f}" for name in names)
+            total = sum(m.cpu[name] for name in names)
+            print(f"{label:>7} {workers} worker(s) {cells}{total:9.1f}{bare[label][workers][1]:8.1f}")
+    print(f"\nAPI: {submissions:.0f} submissions/s of 0.3 MP JPEGs (16 clients) while two workers process them")
     return 0
 
 

@@ -82,9 +82,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     from backdrop.service.localstack import LocalStack, free_port
 
     env = dict(os.environ)
-    # One-second video chunks: a few seconds of clip spread over both worker processes.
+    # One-second video chunks: a few seconds of clip spread over both worker processes. Photos over 256 KiB
+    # go to S3 here (the default keeps photos up to 8 MiB in Redis): both paths are tested.
     env.update(
-        {"BACKDROP_THREADS": "1", "BACKDROP_MAX_IMAGE_BYTES": str(4 * 1024 * 1024), "BACKDROP_VIDEO_CHUNK_SECONDS": "1"}
+        {
+            "BACKDROP_THREADS": "1",
+            "BACKDROP_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),
+            "BACKDROP_INLINE_UPLOAD_MAX_BYTES": str(256 * 1024),
+            "BACKDROP_VIDEO_CHUNK_SECONDS": "1",
+        }
     )
     local = LocalStack(root=tmp_path_factory.mktemp("stack"), api_port=free_port(), workers=2)
     local.start(env)

@@ -84,8 +84,8 @@ class JobRunner:
             if decision.action == "cancelled" and (record := self.jobs.get(job_id)) is not None:
                 self._delete_inputs(record)
             return "skipped"
-        record = self._with_retries(lambda: self.jobs.get(job_id))
-        if record is None:  # expired between start and get
+        record = decision.record
+        if record is None:
             return "skipped"
         try:
             return self._process(record)

@@ -121,7 +121,7 @@ class VideoRunner(JobRunner):
     def _started(self, job_id: str) -> JobRecord | None:
         """Move the job to running as an image job starts; None when it must not run."""
         decision = self._with_retries(lambda: self.jobs.start(job_id, self.worker_id, self.settings.max_attempts))
-        record = self._with_retries(lambda: self.jobs.get(job_id))
+        record = decision.record or self._with_retries(lambda: self.jobs.get(job_id))
         if record is None:
             return None
         if decision.action == "exhausted":

@@ -228,7 +228,7 @@ return redis.call('HLEN', KEYS[1])
 
 # KEYS[1] job, KEYS[2] running set, KEYS[3] queued set; ARGV: now, worker, max attempts, job id. A
 # redelivered message finds the job "running" and runs it again (its first worker died); a finished or
-# cancelled job is never run again.
+# cancelled job is never run again. A job to run comes back with its record (no second round trip).
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return {'missing', 0} end
@@ -239,7 +239,7 @@ if attempts > tonumber(ARGV[3]) then return {'exhausted', attempts} end
 redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[2])
 if status == '"queued"' then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
-return {'run', attempts}
+return {'run', attempts, redis.call('HGETALL', KEYS[1])}
 """
 
 # KEYS[1] job, KEYS[2] running set; ARGV: job id, field, value, ... Records a terminal state once,
@@ -280,6 +280,7 @@ class StartDecision:
 
     action: str
     attempt: int
+    record: JobRecord | None = None  # with ``run``: the job as it starts
 
 
 class JobStore:
@@ -384,8 +385,12 @@ class JobStore:
     def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
         keys = [KEY_PREFIX + job_id, RUNNING_SET, QUEUED_SET]
         args = [json.dumps(time.time()), json.dumps(worker), max_attempts, job_id]
-        action, attempt = guard_redis(lambda: self._start(keys=keys, args=args))
-        return StartDecision(action=str(action).strip('"'), attempt=int(attempt))
+        action, attempt, *fields = guard_redis(lambda: self._start(keys=keys, args=args))
+        record = None
+        if fields:  # HGETALL's flat field, value list
+            flat = fields[0]
+            record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
+        return StartDecision(action=str(action).strip('"'), attempt=int(attempt), record=record)
 
     def finish(self, record: JobRecord) -> bool:
         """Record ``record``'s terminal state if the job is still running; False if it was not."""

@@ -37,6 +37,8 @@ def make_celery(settings: Settings) -> Celery:
         # (remote control), so they are only sent while someone watches.
         worker_send_task_events=False,
         task_send_sent_event=False,
+        # No task has a rate limit: the consumer skips its token buckets for every message.
+        worker_disable_rate_limits=True,
     )
     return app
 

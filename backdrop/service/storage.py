@@ -66,6 +66,11 @@ class S3Storage:
             read_timeout=20,
             retries={"max_attempts": 2, "mode": "standard"},
             s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+            # botocore computes and checks a CRC32 of every body by default: CPU on both sides of every
+            # object for a check TCP and the store already make (S3 still gets Content-MD5 where an
+            # operation requires one, e.g. DeleteObjects).
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
         )
         credentials = {
             "aws_access_key_id": settings.s3_access_key,
