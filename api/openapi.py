@@ -99,6 +99,24 @@ def openapi_document() -> dict[str, Any]:
         },
         "paths": {
             "/v1/jobs": {
+                "get": {
+                    "summary": "Several jobs' status in one read",
+                    "operationId": "getJobs",
+                    "parameters": [{"name": "ids", "in": "query", "required": True,
+                                    "schema": {"type": "string"}, "description": "comma list of up to 100 job ids"}],
+                    "responses": {
+                        "200": {"description": "the jobs found, and the ids not found",
+                                "content": {"application/json": {"schema": {
+                                    "type": "object", "required": ["jobs", "missing"],
+                                    "properties": {"jobs": {"type": "array",
+                                                            "items": {"$ref": "#/components/schemas/Job"}},
+                                                   "missing": {"type": "array", "items": {"type": "string"}}},
+                                }}}},
+                        "400": _error("no ids, or more than 100"),
+                        "401": _error("missing or wrong API key"),
+                        "503": _error("unavailable"),
+                    },
+                },
                 "post": {
                     "summary": "Submit a photo",
                     "operationId": "submitJob",

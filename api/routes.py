@@ -301,6 +301,29 @@ def get_job(job_id: str) -> Response:
     return _job_response(_load_job(job_id))
 
 
+# The most jobs one status read may name.
+MAX_JOBS_PER_READ = 100
+
+
+@blueprint.get("/v1/jobs")
+def get_jobs() -> Response:
+    """Several jobs' status in one read (a client with many jobs in flight polls once, not once per job):
+    ``?ids=a,b,c``. Jobs that do not exist (or are another key's) are listed under ``missing``."""
+    ids = [job_id.strip() for job_id in request.args.get("ids", "").split(",") if job_id.strip()]
+    if not ids:
+        raise ParameterError("ids", "name the jobs: ?ids=ID,ID,...")
+    if len(ids) > MAX_JOBS_PER_READ:
+        raise ParameterError("ids", f"at most {MAX_JOBS_PER_READ} jobs per read")
+    valid = [job_id for job_id in ids if _JOB_ID.fullmatch(job_id)]
+    records = dict(zip(valid, services().jobs.get_many(valid), strict=True))
+    found = [r for r in (records.get(job_id) for job_id in ids) if r is not None and r.owner == g.owner]
+    missing = [job_id for job_id in ids if job_id not in {r.id for r in found}]
+    response = jsonify({"jobs": [present(record) for record in found], "missing": missing})
+    if any(not record.status.finished for record in found):
+        response.headers["Retry-After"] = RETRY_AFTER_S
+    return response
+
+
 @blueprint.get("/v1/jobs/<job_id>/result")
 def get_result(job_id: str) -> Response:
     record = _load_job(job_id)

@@ -16,7 +16,7 @@ import base64
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -359,6 +359,20 @@ class Client:
 
     def job(self, job_id: str) -> Job:
         return Job(self, job_id).refresh()
+
+    def jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        """Many jobs' status, one read per 100 (``GET /v1/jobs?ids=...``): how a client with a folder of
+        jobs in flight polls. In the order given; raises :class:`NotFound` naming any that do not exist."""
+        found: list[Job] = []
+        missing: list[str] = []
+        for first in range(0, len(job_ids), 100):
+            ids = ",".join(job_ids[first : first + 100])
+            answer = self._request("GET", "/v1/jobs", params={"ids": ids}).json()
+            found += [Job(self, data["id"], data) for data in answer["jobs"]]
+            missing += answer["missing"]
+        if missing:
+            raise NotFound("not_found", f"no such jobs: {', '.join(missing)}", 404)
+        return found
 
     def models(self) -> Mapping[str, Any]:
         return self._request("GET", "/v1/models").json()

@@ -16,7 +16,15 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from api import create_app
-from backdrop.client import Client, JobCancelled, QueueFull, Unauthorized, Unprocessable, UnsupportedImage
+from backdrop.client import (
+    Client,
+    JobCancelled,
+    NotFound,
+    QueueFull,
+    Unauthorized,
+    Unprocessable,
+    UnsupportedImage,
+)
 from backdrop.service.jobs import JobStore
 from backdrop.settings import Settings
 from tests.conftest import encode_rgb
@@ -35,6 +43,9 @@ def test_submit_wait_download(stack, tmp_path, astronaut_jpeg):
     assert job.status == "succeeded" and job.detected["person"] > 0.3
     assert Image.open(saved).size == (512, 512)
     assert client.job(job.id).status == "succeeded"
+    assert [j.status for j in client.jobs([job.id, job.id])] == ["succeeded", "succeeded"]
+    with pytest.raises(NotFound, match="nope"):
+        client.jobs([job.id, "nope"])
     assert "deeplab" in {m["name"] for m in client.models()["models"]}
 
 

@@ -53,6 +53,10 @@ def test_api_keys_and_ownership(settings, astronaut_jpeg):
     for method, path in (("get", f"/v1/jobs/{job}"), ("get", f"/v1/jobs/{job}/result"), ("delete", f"/v1/jobs/{job}")):
         response = getattr(client, method)(path, headers=as_b)
         assert response.status_code == 404, (method, path)  # indistinguishable from an unknown job
+    many = client.get(f"/v1/jobs?ids={job}", headers=as_b)
+    assert many.status_code == 200 and many.json == {"jobs": [], "missing": [job]}
+    mine = client.get(f"/v1/jobs?ids={job}", headers=as_a)
+    assert [j["id"] for j in mine.json["jobs"]] == [job] and mine.headers["Retry-After"] == "1"
     assert client.delete(f"/v1/jobs/{job}", headers=as_a).status_code == 200
 
 

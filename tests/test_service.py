@@ -154,6 +154,20 @@ def test_unknown_job_404(stack):
     assert requests.delete(stack.api_url + "/v1/jobs/nope", timeout=10).status_code == 404
 
 
+def test_many_jobs_in_one_status_read(stack, astronaut_jpeg, chelsea):
+    first, second = run_job(stack, astronaut_jpeg), run_job(stack, encode_rgb(chelsea), targets="cat")
+    ids = [second["id"], "nope", first["id"], "0123456789abcdef0123456789abcdef"]
+    response = requests.get(f"{stack.api_url}/v1/jobs", params={"ids": ",".join(ids)}, timeout=10)
+    assert response.status_code == 200 and "Retry-After" not in response.headers  # all finished
+    answer = response.json()
+    assert [job["id"] for job in answer["jobs"]] == [second["id"], first["id"]]  # in the order asked
+    assert answer["jobs"][0]["detected"] == second["detected"] and answer["jobs"][1]["status"] == "succeeded"
+    assert answer["missing"] == ["nope", "0123456789abcdef0123456789abcdef"]
+    for query in ("", "?ids=", "?ids=" + ",".join(["x"] * 101)):
+        refused = requests.get(f"{stack.api_url}/v1/jobs{query}", timeout=10)
+        assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_parameter", query
+
+
 @pytest.mark.parametrize(
     ("image", "fields", "status", "code"),
     [

@@ -326,6 +326,17 @@ class JobStore:
         raw = guard_redis(lambda: self._redis.hgetall(KEY_PREFIX + job_id))
         return JobRecord.from_hash(raw) if raw else None
 
+    def get_many(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """Several records in one round trip (None where one does not exist)."""
+
+        def read() -> list[dict[str, str]]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hgetall(KEY_PREFIX + job_id)
+                return pipe.execute()
+
+        return [JobRecord.from_hash(raw) if raw else None for raw in guard_redis(read)]
+
     def cancel(self, job_id: str) -> str:
         """``cancelled`` (it was queued), ``cancelled_running`` (a running video), ``missing``, or the
         (quoted) status that prevented it."""
