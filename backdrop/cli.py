@@ -22,6 +22,7 @@ from backdrop.settings import Settings
 from backdrop.sniff import HEAD_BYTES, media_kind
 
 if TYPE_CHECKING:
+    from backdrop.client import ApiError
     from backdrop.pipeline import Pipeline
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_IO, EXIT_SERVICE = 0, 1, 2, 3, 4, 5
@@ -399,13 +400,24 @@ def _process_video(
     return target, report, f"{joined.frames} frames, {info.duration_s:.1f} s, {sound}"
 
 
+def _first_contact_failed(exc: ApiError) -> int:
+    """Say why the service could not be used; the exit code tells an absent service from a refusal."""
+    from backdrop.client import ServiceUnavailable
+
+    if isinstance(exc, ServiceUnavailable):
+        print(f"backdrop: {exc.message}", file=sys.stderr)
+        return EXIT_SERVICE
+    print(f"backdrop: {exc.code}: {exc.message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _submit(args: argparse.Namespace, settings: Settings) -> int:
     """Send photos to a service concurrently, wait for each job, download the results."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
     from tqdm import tqdm
 
-    from backdrop.client import ApiError, Client, JobFailed, ServiceUnavailable
+    from backdrop.client import ApiError, Client, JobFailed
 
     fields = _job_fields(args)
     background, inputs, single_file = _job_inputs(args, JobParams.parse({**fields, "format": None}))
@@ -415,12 +427,8 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
     client = Client(url, api_key=api_key)
     try:
         Client(url, api_key=api_key, retries=1).models()  # fail fast when the service is not there or the key is wrong
-    except ServiceUnavailable as exc:
-        print(f"backdrop: {exc.message}", file=sys.stderr)
-        return EXIT_SERVICE
     except ApiError as exc:
-        print(f"backdrop: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _first_contact_failed(exc)
 
     def one(source: Path) -> tuple[Path, Path, dict]:
         job = client.submit(source, background=background, **{k: v for k, v in fields.items() if v is not None})
@@ -466,7 +474,7 @@ def _live(args: argparse.Namespace, settings: Settings) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from backdrop.client import ApiError, LiveClient, ServiceUnavailable
+    from backdrop.client import ApiError, LiveClient
     from backdrop.params import VideoFormat
     from backdrop.video.media import FrameWriter, VideoSource, join
 
@@ -496,12 +504,8 @@ def _live(args: argparse.Namespace, settings: Settings) -> int:
     url, api_key = args.url or settings.client_url, args.api_key or settings.client_api_key
     try:
         live = LiveClient.discover(url, api_key=api_key)
-    except ServiceUnavailable as exc:
-        print(f"backdrop: {exc.message}", file=sys.stderr)
-        return EXIT_SERVICE
     except ApiError as exc:
-        print(f"backdrop: {exc.code}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return _first_contact_failed(exc)
     times: list[float] = []
 
     def timed_frames():  # type: ignore[no-untyped-def]

@@ -157,6 +157,11 @@ class LiveServer:
         finally:
             answers.put_nowait(None)
             await sender
+            # Frames the closed connection will never receive: stop waiting for them.
+            while not answers.empty():
+                pending = answers.get_nowait()
+                if isinstance(pending, asyncio.Future):
+                    pending.cancel()
 
     def _settings_reply(self, session: LiveSession, text: str) -> str:
         try:
