@@ -17,7 +17,8 @@ import numpy as np
 from backdrop.errors import BackdropError, ImageError, ParameterError
 from backdrop.params import Effect, JobParams, OutputFormat
 from backdrop.pipeline import Pipeline
-from backdrop.pipeline.imageio import encode_image, load_image
+from backdrop.pipeline.imageio import decode_image, encode_image, load_image
+from backdrop.probe import probe_image
 from backdrop.settings import Settings
 from backdrop.video.temporal import TemporalState
 
@@ -50,7 +51,6 @@ class LiveSession:
     output: OutputFormat = OutputFormat.JPEG
     background: np.ndarray | None = None
     history: TemporalState = field(default_factory=TemporalState)
-    frames: int = 0
 
     def configure(self, message: dict[str, Any]) -> dict[str, Any]:
         """Apply a settings message (raises :class:`BackdropError` and keeps the old settings when one field
@@ -60,7 +60,7 @@ class LiveSession:
             raise ParameterError(
                 unknown[0], f"unknown setting; known: {', '.join((*SETTING_FIELDS, 'format', 'background'))}"
             )
-        values = {**{k: v for k, v in self.params.as_dict().items() if k in SETTING_FIELDS}}
+        values = {k: v for k, v in self.params.as_dict().items() if k in SETTING_FIELDS}
         values.update({k: message[k] for k in SETTING_FIELDS if k in message})
         if "targets" in message and "model" not in message:
             values.pop("model", None)  # chosen again for the new targets
@@ -112,16 +112,15 @@ class LiveSession:
         """One camera frame (JPEG or WebP) in, the processed frame out, same size, with ``settings`` (those
         in force now by default); raises :class:`BackdropError` for a frame that is not one."""
         settings = settings or self.snapshot()
-        decoded = load_image(frame, self.settings)
-        height, width = decoded.bgr.shape[:2]
-        if decoded.info.format not in (OutputFormat.JPEG, OutputFormat.WEBP):
+        # The frame's limits from its header, before any pixel is decoded.
+        limit = min(max_pixels, self.settings.max_image_pixels)
+        info = probe_image(frame, max_bytes=self.settings.max_image_bytes, max_pixels=limit)
+        if info.format not in (OutputFormat.JPEG, OutputFormat.WEBP):
             raise ImageError("live frames are JPEG or WebP", code="unsupported_format")
-        if width * height > max_pixels:
-            raise ImageError(f"the frame is {width}x{height}; the limit is {max_pixels} pixels", code="image_too_large")
+        decoded = decode_image(frame, info)
         result = self.pipeline.process_frame(
             decoded.bgr, settings.params, background=settings.background, history=settings.history
         )
-        self.frames += 1
         return encode_image(result.rendered, settings.output, settings.params.quality)
 
 
