@@ -82,6 +82,7 @@ class Settings:
     batch_wait_ms: float = 10.0
     confirm_targets: bool = True
     closer_look: bool = True
+    segment_views: bool = True
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_image_bytes: int = 30 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -204,6 +205,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "batch_wait_ms": ("BACKDROP_BATCH_WAIT_MS", _positive_float),
     "confirm_targets": ("BACKDROP_CONFIRM_TARGETS", parse_bool),
     "closer_look": ("BACKDROP_CLOSER_LOOK", parse_bool),
+    "segment_views": ("BACKDROP_SEGMENT_VIEWS", parse_bool),
     "threads": ("BACKDROP_THREADS", _positive_int),
     "max_image_bytes": ("BACKDROP_MAX_IMAGE_BYTES", _positive_int),
     "max_image_pixels": ("BACKDROP_MAX_IMAGE_PIXELS", _positive_int),

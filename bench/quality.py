@@ -127,7 +127,7 @@ def main() -> None:
     pairs = load_pairs(args.eval / "person-masks", set(args.only.split(",")) if args.only else None)
     params = JobParams.parse({"effect": "mask", "keep": args.keep})
     default = score_set(Pipeline(settings), pairs, params)
-    baseline = score_set(Pipeline(replace(settings, closer_look=False)), pairs, params)
+    baseline = score_set(Pipeline(replace(settings, closer_look=False, segment_views=False)), pairs, params)
 
     print(f"{'photo':>6} {'size':>9} {'IoU':>6} {'bF':>6} {'MAE':>7} | {'base IoU':>8} {'bF':>6} {'MAE':>7}")
     for ours, base, (_, photo, _) in zip(default, baseline, pairs, strict=True):

@@ -1,4 +1,4 @@
-"""The closer look, held objects and the trimap, as pure functions (no models)."""
+"""The closer look, the views of a still, held objects and the trimap, as pure functions (no models)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 from backdrop.pipeline.refine import refine_alpha, trimap
+from backdrop.pipeline.segment import probability_over_views
 from backdrop.pipeline.subject import (
     MAX_LOOKS,
     Box,
@@ -78,6 +79,40 @@ def test_look_closer_crops_the_finer_image():
     assert len(looks) == 2 and len(seen) == 2
     assert all(shape[0] > 200 for shape in seen)  # crops come from the 600x800 image, not the 300x400 map
     assert merged[150, 60] == 1.0 and merged[150, 200] == 0.0
+
+
+def stretching_model(view: np.ndarray) -> np.ndarray:
+    """A stand-in model: the view stretched to a fixed 64x48 input, P = brightness (as a selfie model
+    stretches any photo to its input)."""
+    return cv2.resize(view[:, :, 0], (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+
+
+def test_the_views_come_back_aligned_with_the_photo():
+    # A subject off-centre and touching the right edge: a mirror or zoomed-out view mapped back in the
+    # wrong place would widen or shift it in the maximum.
+    photo = np.zeros((300, 400, 3), np.uint8)
+    photo[60:240, 250:400] = 255
+    own = stretching_model(photo)
+    merged = probability_over_views(stretching_model, photo)
+    assert merged.shape == own.shape
+    # The zoomed-out view sees the photo coarser: its edges spread by a pixel, evenly to both sides.
+    assert np.array_equal(merged >= 0.5, own >= 0.5)
+    assert np.abs(merged - own).mean() < 0.01
+
+
+def test_the_views_keep_what_any_of_them_saw():
+    photo = np.zeros((300, 400, 3), np.uint8)
+    photo[100:200, 20:120] = 255  # the left of the photo: only the mirror image sees it
+
+    def sees_the_right_half_only(view: np.ndarray) -> np.ndarray:
+        probability = stretching_model(view)
+        probability[:, : probability.shape[1] // 2] = 0
+        return probability
+
+    merged = probability_over_views(sees_the_right_half_only, photo)
+    assert sees_the_right_half_only(photo).max() == 0
+    assert merged[16:32, 5:15].min() > 0.9  # the square, at the own pass's 64x48 grid
+    assert merged[:, 32:].max() < 0.1
 
 
 def test_held_objects_by_the_person_models_foreground():

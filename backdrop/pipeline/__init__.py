@@ -28,7 +28,7 @@ from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.pipeline.metadata import attach_exif, upright_exif
 from backdrop.pipeline.pixels import pixel_ops
 from backdrop.pipeline.refine import Alpha, clean_probability, refine_alpha
-from backdrop.pipeline.segment import Segmentation, segment
+from backdrop.pipeline.segment import Segmentation, probability_over_views, segment
 from backdrop.pipeline.subject import (
     WORK_LONG_SIDE,
     Box,
@@ -211,11 +211,26 @@ class Pipeline:
                 self.engine_for(variant, spec)
 
     def _segment(
-        self, spec: ModelSpec, image: np.ndarray, targets: tuple[str, ...], *, with_probability: bool = True
+        self,
+        spec: ModelSpec,
+        image: np.ndarray,
+        targets: tuple[str, ...],
+        *,
+        with_probability: bool = True,
+        views: bool = False,
     ) -> Segmentation:
-        """One model pass over ``image`` with the variant that fits its aspect ratio."""
-        variant = spec.variant_for(image.shape[1], image.shape[0])
-        return segment(self.engine_for(variant, spec), image, spec, variant, targets, with_probability=with_probability)
+        """One model pass over ``image`` with the variant that fits its aspect ratio; with ``views``, a
+        one-class model (``selfie``) passes over three views of it (see ``probability_over_views``)."""
+
+        def one_pass(view: np.ndarray) -> Segmentation:
+            variant = spec.variant_for(view.shape[1], view.shape[0])
+            engine = self.engine_for(variant, spec)
+            return segment(engine, view, spec, variant, targets, with_probability=with_probability)
+
+        if spec.output != "probability" or not views:
+            return one_pass(image)
+        probability = probability_over_views(lambda view: one_pass(view).probability, image)
+        return Segmentation(probability, {spec.labels[0]: probability >= 0.5})
 
     def _whole_and_tiles(
         self,
@@ -225,6 +240,7 @@ class Pipeline:
         targets: tuple[str, ...],
         work_w: int,
         work_h: int,
+        views: bool,
     ) -> tuple[Segmentation, Segmentation | None, np.ndarray, dict[str, np.ndarray]]:
         """The first pass over the whole preview (and the confirming model's, where the first knows one
         class), as the work-resolution probability and class masks; where every subject it found is
@@ -232,7 +248,7 @@ class Pipeline:
         confirm_spec = get_model(spec.confirm_with) if spec.confirm_with and self.settings.confirm_targets else None
 
         def passes(image: np.ndarray) -> tuple[Segmentation, Segmentation | None]:
-            first = self._segment(spec, image, targets)
+            first = self._segment(spec, image, targets, views=views)
             confirming = self._segment(confirm_spec, image, targets, with_probability=False) if confirm_spec else None
             return first, confirming
 
@@ -280,10 +296,13 @@ class Pipeline:
             small = make_preview(preview, WORK_LONG_SIDE)
         # Remembered per frame size: a camera that changes resolution starts afresh.
         memory = f"found {work_w}x{work_h} {params.targets} {params.model} {params.keep}"
+        # Several views of a still (see probability_over_views); a clip's frames get one each, for speed,
+        # and the smoothing over time steadies them instead.
+        views = history is None and self.settings.segment_views
         recalled = history.recall(memory) if history is not None else None
         if recalled is None:
             first, confirming, probability, class_masks = self._whole_and_tiles(
-                spec, preview, small, targets, work_w, work_h
+                spec, preview, small, targets, work_w, work_h, views
             )
             looks: list[Box] = []
             if self.settings.closer_look:
@@ -298,7 +317,7 @@ class Pipeline:
                 class_masks = {t: _resized_mask(m, work_w, work_h) for t, m in first.class_masks.items()}
         any_target = np.logical_or.reduce(list(class_masks.values()))
         probability = look_closer(
-            probability, looks, preview, lambda crop: self._segment(spec, crop, targets).probability
+            probability, looks, preview, lambda crop: self._segment(spec, crop, targets, views=views).probability
         )
         scale = work_w / first.probability.shape[1]  # work pixels per first-pass model pixel
         probability = clean_probability(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -10,6 +11,9 @@ import numpy as np
 from backdrop.engines import Engine
 from backdrop.models.registry import ModelSpec, ModelVariant
 from backdrop.pipeline.geometry import resize_to
+
+# The zoomed-out view adds a replicated border of this share of the photo's long side on every side.
+VIEW_BORDER_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -88,3 +92,36 @@ def segment(
         region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
         output = output[:region_h, :region_w]
     return read_output(output, spec, targets, with_probability=with_probability)
+
+
+def probability_over_views(probability_of: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
+    """P(target) for ``image`` as the per-pixel maximum over three views of it: the photo, its mirror image
+    and the photo zoomed out inside a replicated border. ``probability_of(view)`` runs a one-class model
+    on a view; the result has the size of the photo's own pass.
+
+    Why: the selfie model was trained on close, centred selfies. It loses limbs, a book on a lap or whole
+    legs that reach the frame's edge or lie far from its centre, and a mirrored or zoomed-out view often
+    sees them. The maximum keeps what any view saw; what that adds away from a subject is removed by
+    the cleaning and the matte's trimap like any other faint guess."""
+    own = probability_of(image)
+    out_h, out_w = own.shape
+    mirrored = probability_of(np.ascontiguousarray(image[:, ::-1]))
+    mirrored = cv2.resize(mirrored[:, ::-1], (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    height, width = image.shape[:2]
+    border = max(1, round(VIEW_BORDER_SHARE * max(height, width)))
+    zoomed = probability_of(cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REPLICATE))
+    # The photo's part of the zoomed-out view's output, resampled straight to the own pass's grid.
+    sx = zoomed.shape[1] / (width + 2 * border)
+    sy = zoomed.shape[0] / (height + 2 * border)
+    step_x, step_y = sx * width / out_w, sy * height / out_h
+    to_zoomed = np.float32(
+        [[step_x, 0, border * sx + 0.5 * step_x - 0.5], [0, step_y, border * sy + 0.5 * step_y - 0.5]]
+    )
+    zoomed = cv2.warpAffine(
+        zoomed,
+        to_zoomed,
+        (out_w, out_h),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+    return np.maximum(own, np.maximum(mirrored, zoomed))
