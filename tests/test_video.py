@@ -129,6 +129,26 @@ def test_every_frame_at_its_time_and_the_sound_kept(pipeline, folder, with_sound
     assert decoded(out)[0].shape == (120, 160, 3)
 
 
+@pytest.mark.parametrize("fmt", [VideoFormat.MP4, VideoFormat.WEBM])
+def test_an_odd_size_plays_in_browsers(pipeline, folder, fmt):
+    # An odd-sized source (VP9 takes odd sizes; libx264's 4:2:0 would not).
+    source = videos.write_video(folder / "odd.webm", frames=8, width=161, height=121, codec="libvpx-vp9")
+    out = folder / f"odd-out.{fmt.extension}"
+    render_video(pipeline, source, out, video_params(effect="gray"), fmt)
+    with av.open(str(out)) as result:
+        stream = result.streams.video[0]
+        size = (stream.codec_context.width, stream.codec_context.height)
+        # H.264 as browsers play it: 4:2:0, so an even size, the last column and row left out.
+        expected = ((160, 120), "yuv420p") if fmt is VideoFormat.MP4 else ((161, 121), "yuv420p")
+        assert (size, stream.codec_context.pix_fmt) == expected
+    first = decoded(out)[0]
+    assert first.shape[:2] == (expected[0][1], expected[0][0])
+    original = decoded(source)[0]
+    # The picture is not rescaled: the kept pixels are the source's own (grey, as asked).
+    grey = cv2.cvtColor(cv2.cvtColor(original, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    assert np.abs(first.astype(int) - grey[: first.shape[0], : first.shape[1]]).mean() < 12
+
+
 def test_variable_frame_rate_keeps_each_frames_time(pipeline, folder):
     times = [0.1 + i * 0.05 + (0.02 if i % 3 == 0 else 0.0) for i in range(20)]
     source = videos.write_video(folder / "vfr.mp4", times_s=times)

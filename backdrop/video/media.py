@@ -134,9 +134,20 @@ def video_quality(quality: int, fmt: VideoFormat) -> str:
     return str(round(52 - quality * 0.3))  # 90 -> CRF 25 for VP9
 
 
+def encoded_size(fmt: VideoFormat, width: int, height: int) -> tuple[int, int]:
+    """The size frames of ``width`` x ``height`` are encoded at. H.264 in browsers means 4:2:0, which needs
+    an even width and height (H.264 crops only in steps of two pixels there): an odd one loses its last
+    column or row, as video tools do, rather than being encoded 4:4:4, which browsers do not play. A
+    frame one pixel wide or high keeps its size (and 4:4:4). VP9 takes odd sizes as they are."""
+    if fmt is not VideoFormat.MP4:
+        return width, height
+    return (width - width % 2 if width > 1 else width), (height - height % 2 if height > 1 else height)
+
+
 class FrameWriter:
     """Encodes frames (BGR; BGRA with ``alpha``; one channel with ``gray``) at their own times into a
-    Matroska file (use as a context manager)."""
+    Matroska file (use as a context manager). ``width`` and ``height`` are the frames' size; the
+    encoded size (``self.width`` x ``self.height``) may be a pixel smaller, see ``encoded_size``."""
 
     def __init__(
         self,
@@ -152,9 +163,10 @@ class FrameWriter:
     ) -> None:
         self._container = av.open(str(path), mode="w", format="matroska")
         rate = Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(30)
+        width, height = encoded_size(fmt, width, height)
+        self.width, self.height = width, height
         if fmt is VideoFormat.MP4:
             stream = self._container.add_stream("libx264", rate=rate)
-            # 4:2:0 needs even sizes; odd ones keep every pixel in 4:4:4.
             stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
             stream.codec_context.options = {
                 "crf": video_quality(quality, fmt),
@@ -187,6 +199,7 @@ class FrameWriter:
         self.close(flush=kind is None)
 
     def write(self, image: np.ndarray, time_s: float) -> None:
+        image = image[: self.height, : self.width]
         if image.ndim == 2:  # a matte: grey picture
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGRA if self._format == "bgra" else cv2.COLOR_GRAY2BGR)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=self._format)
