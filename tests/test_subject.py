@@ -87,13 +87,17 @@ def stretching_model(view: np.ndarray) -> np.ndarray:
     return cv2.resize(view[:, :, 0], (64, 48), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
 
 
+def each(model):
+    return lambda views: [model(view) for view in views]
+
+
 def test_the_views_come_back_aligned_with_the_photo():
     # A subject off-centre and touching the right edge: a mirror or zoomed-out view mapped back in the
     # wrong place would widen or shift it in the maximum.
     photo = np.zeros((300, 400, 3), np.uint8)
     photo[60:240, 250:400] = 255
     own = stretching_model(photo)
-    merged = probability_over_views(stretching_model, photo)
+    merged = probability_over_views(each(stretching_model), photo)
     assert merged.shape == own.shape
     # The zoomed-out view sees the photo coarser: its edges spread by a pixel, evenly to both sides.
     assert np.array_equal(merged >= 0.5, own >= 0.5)
@@ -109,7 +113,7 @@ def test_the_views_keep_what_any_of_them_saw():
         probability[:, : probability.shape[1] // 2] = 0
         return probability
 
-    merged = probability_over_views(sees_the_right_half_only, photo)
+    merged = probability_over_views(each(sees_the_right_half_only), photo)
     assert sees_the_right_half_only(photo).max() == 0
     assert merged[16:32, 5:15].min() > 0.9  # the square, at the own pass's 64x48 grid
     assert merged[:, 32:].max() < 0.1

@@ -28,7 +28,7 @@ from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.pipeline.metadata import attach_exif, upright_exif
 from backdrop.pipeline.pixels import pixel_ops
 from backdrop.pipeline.refine import Alpha, clean_probability, refine_alpha
-from backdrop.pipeline.segment import Segmentation, probability_over_views, segment
+from backdrop.pipeline.segment import Segmentation, probability_over_views, segment, segment_many
 from backdrop.pipeline.subject import (
     WORK_LONG_SIDE,
     Box,
@@ -222,14 +222,27 @@ class Pipeline:
         """One model pass over ``image`` with the variant that fits its aspect ratio; with ``views``, a
         one-class model (``selfie``) passes over three views of it (see ``probability_over_views``)."""
 
-        def one_pass(view: np.ndarray) -> Segmentation:
-            variant = spec.variant_for(view.shape[1], view.shape[0])
-            engine = self.engine_for(variant, spec)
-            return segment(engine, view, spec, variant, targets, with_probability=with_probability)
-
         if spec.output != "probability" or not views:
-            return one_pass(image)
-        probability = probability_over_views(lambda view: one_pass(view).probability, image)
+            variant = spec.variant_for(image.shape[1], image.shape[0])
+            engine = self.engine_for(variant, spec)
+            return segment(engine, image, spec, variant, targets, with_probability=with_probability)
+
+        def probabilities_of(images: list[np.ndarray]) -> list[np.ndarray]:
+            """Views that fit the same variant run as one batch."""
+            by_variant: dict[str, list[int]] = {}
+            for index, view in enumerate(images):
+                by_variant.setdefault(spec.variant_for(view.shape[1], view.shape[0]).name, []).append(index)
+            probabilities: list[np.ndarray] = [np.empty(0)] * len(images)
+            for variant in spec.variants:
+                indexes = by_variant.get(variant.name, [])
+                if indexes:
+                    engine = self.engine_for(variant, spec)
+                    found = segment_many(engine, [images[i] for i in indexes], spec, variant, targets)
+                    for index, segmentation in zip(indexes, found, strict=True):
+                        probabilities[index] = segmentation.probability
+            return probabilities
+
+        probability = probability_over_views(probabilities_of, image)
         return Segmentation(probability, {spec.labels[0]: probability >= 0.5})
 
     def _whole_and_tiles(

@@ -87,29 +87,52 @@ def segment(
     *,
     with_probability: bool = True,
 ) -> Segmentation:
-    output = engine.run(model_input(preview, spec, variant))[0]
-    if spec.output != "labels":  # a letterboxed input: keep the photo's part of the output
-        region_w, region_h = input_region(preview.shape[1], preview.shape[0], spec, variant)
-        output = output[:region_h, :region_w]
-    return read_output(output, spec, targets, with_probability=with_probability)
+    return segment_many(engine, [preview], spec, variant, targets, with_probability=with_probability)[0]
 
 
-def probability_over_views(probability_of: Callable[[np.ndarray], np.ndarray], image: np.ndarray) -> np.ndarray:
+def segment_many(
+    engine: Engine,
+    images: list[np.ndarray],
+    spec: ModelSpec,
+    variant: ModelVariant,
+    targets: tuple[str, ...],
+    *,
+    with_probability: bool = True,
+) -> list[Segmentation]:
+    """:func:`segment` for several images in one model invocation (cheaper than one each: three selfie
+    inputs take about twice the time of one on a CPU)."""
+    outputs = engine.run(np.concatenate([model_input(image, spec, variant) for image in images]))
+    segmentations = []
+    for image, output in zip(images, outputs, strict=True):
+        if spec.output != "labels":  # a letterboxed input: keep the photo's part of the output
+            region_w, region_h = input_region(image.shape[1], image.shape[0], spec, variant)
+            output = output[:region_h, :region_w]
+        segmentations.append(read_output(output, spec, targets, with_probability=with_probability))
+    return segmentations
+
+
+def probability_over_views(
+    probabilities_of: Callable[[list[np.ndarray]], list[np.ndarray]], image: np.ndarray
+) -> np.ndarray:
     """P(target) for ``image`` as the per-pixel maximum over three views of it: the photo, its mirror image
-    and the photo zoomed out inside a replicated border. ``probability_of(view)`` runs a one-class model
-    on a view; the result has the size of the photo's own pass.
+    and the photo zoomed out inside a replicated border. ``probabilities_of(views)`` runs a one-class
+    model on the views (together, where it can); the result has the size of the photo's own pass.
 
     Why: the selfie model was trained on close, centred selfies. It loses limbs, a book on a lap or whole
     legs that reach the frame's edge or lie far from its centre, and a mirrored or zoomed-out view often
     sees them. The maximum keeps what any view saw; what that adds away from a subject is removed by
     the cleaning and the matte's trimap like any other faint guess."""
-    own = probability_of(image)
-    out_h, out_w = own.shape
-    mirrored = probability_of(np.ascontiguousarray(image[:, ::-1]))
-    mirrored = cv2.resize(mirrored[:, ::-1], (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     height, width = image.shape[:2]
     border = max(1, round(VIEW_BORDER_SHARE * max(height, width)))
-    zoomed = probability_of(cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REPLICATE))
+    own, mirrored, zoomed = probabilities_of(
+        [
+            image,
+            np.ascontiguousarray(image[:, ::-1]),
+            cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REPLICATE),
+        ]
+    )
+    out_h, out_w = own.shape
+    mirrored = cv2.resize(mirrored[:, ::-1], (out_w, out_h), interpolation=cv2.INTER_LINEAR)
     # The photo's part of the zoomed-out view's output, resampled straight to the own pass's grid.
     sx = zoomed.shape[1] / (width + 2 * border)
     sy = zoomed.shape[0] / (height + 2 * border)
