@@ -58,6 +58,7 @@ class S3Storage:
         import boto3
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
+        from botocore.handlers import add_expect_header
 
         self.bucket = settings.s3_bucket
         config = Config(
@@ -79,6 +80,10 @@ class S3Storage:
         }
         session = boto3.session.Session()
         self._client = session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config, **credentials)
+        # botocore sends every body after an "Expect: 100-continue" handshake: one more round trip per put
+        # to learn early of a refusal that the bucket's own service never gives (measured on a 375 KB result:
+        # 0.3 ms of the worker's CPU, 0.5 ms of S3's and 0.6 ms of waiting per put).
+        self._client.meta.events.unregister("before-call.s3", add_expect_header)
         # Presigned URLs must name the address clients use, which may differ from the internal one.
         public = settings.s3_public_url or settings.s3_endpoint_url
         self._signer = session.client("s3", endpoint_url=public, config=config, **credentials)
