@@ -220,3 +220,36 @@ def test_sweeper_queues_again_only_jobs_whose_message_is_gone(sweep_settings):
         assert lost.id not in jobs.queued_since_before(now + 1000)
     finally:
         jobs.redis.delete(KOMBU_UNACKED, settings.queue, QUEUED_SET, MISSING_SET)
+
+
+def test_a_video_whose_chunks_wait_in_a_busy_queue_is_not_lost(sweep_settings):
+    # Its chunks wait behind other work for longer than the visibility timeout: no progress, but nothing
+    # lost. Once no message of it is left anywhere, the same silence is a lost video.
+    from backdrop.params import JobParams, MediaKind
+    from backdrop.service.jobs import KOMBU_UNACKED
+    from backdrop.service.queue import CHUNK_TASK, enqueue_part, make_celery
+
+    settings = sweep_settings
+    jobs, storage, celery = (
+        JobStore.connect(settings.redis_url, ttl_s=600),
+        open_storage(settings),
+        make_celery(settings),
+    )
+    storage.ping()
+    record = replace(queued_record(), params=JobParams.parse({}, MediaKind.VIDEO))
+    other = queued_record()  # an image job whose id shares no prefix with the video's
+    jobs.create(record)
+    assert jobs.start(record.id, "w:1", 3).action == "run"
+    enqueue_part(celery, CHUNK_TASK, [record.id, 7], settings.queue)
+    enqueue_part(celery, CHUNK_TASK, [other.id, 0], settings.queue)
+    later = time.time() + settings.visibility_timeout_s + settings.task_time_limit_s + 120
+    try:
+        sweep(settings, jobs, storage, no_enqueue, now=later)  # other tests' jobs share this Redis database
+        assert jobs.get(record.id).status is JobStatus.RUNNING
+        jobs.redis.delete(settings.queue)  # the chunk's message is gone (taken by a worker that vanished)
+        assert jobs.without_message([record.id, other.id], settings.queues) == [record.id, other.id]
+        assert sweep(settings, jobs, storage, no_enqueue, now=later)["lost_jobs"] >= 1
+        lost = jobs.get(record.id)
+        assert lost.status is JobStatus.FAILED and lost.error["code"] == "worker_lost"
+    finally:
+        jobs.redis.delete(KOMBU_UNACKED, settings.queue)

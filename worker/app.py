@@ -38,7 +38,16 @@ from backdrop.service.observability import (
     current_job_id,
     metrics_registry,
 )
-from backdrop.service.queue import CHUNK_TASK, JOIN_TASK, PROCESS_TASK, SWEEP_TASK, VIDEO_TASK, enqueue, make_celery
+from backdrop.service.queue import (
+    CHUNK_TASK,
+    JOIN_TASK,
+    PROCESS_TASK,
+    SWEEP_TASK,
+    VIDEO_TASK,
+    enqueue,
+    enqueue_part,
+    make_celery,
+)
 from backdrop.service.storage import open_storage
 from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
@@ -71,7 +80,7 @@ def runner() -> VideoRunner:
                 storage,
                 Uploads.connect(settings, storage),
                 jobs,
-                queue_task=lambda name, args, queue: app.send_task(name, args=args, queue=queue),
+                queue_task=lambda name, args, queue: enqueue_part(app, name, args, queue),
             )
             MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
             log.info(

@@ -3,7 +3,9 @@ expired objects.
 
 - A job still "running" longer than the hard time limit (plus a margin) cannot be running any more: its
   worker process and its acknowledgement were lost (e.g. a whole machine died). It fails with
-  ``worker_lost``, so every accepted job ends in a terminal state.
+  ``worker_lost``, so every accepted job ends in a terminal state. A video runs as many messages (its
+  chunks, then the join): it is lost only when none of its parts made progress for the visibility
+  timeout and no message of it waits in a queue.
 - A job still "queued" whose message no queue holds (a hard Redis crash lost the last second of
   writes, or the API died between writing the record and queueing it) is queued again. It must be
   found without a message at two sweeps at least ``STALE_MARGIN_S`` apart: a worker takes a message
@@ -42,6 +44,9 @@ def fail_lost_jobs(settings: Settings, jobs: JobStore, now: float) -> int:
             # vanished is delivered again after the visibility timeout, so only silence beyond that is lost.
             silent_since = now - settings.visibility_timeout_s - STALE_MARGIN_S
             if not jobs.running_since_before(silent_since, job_id=job_id):
+                continue
+            # Chunks waiting behind other work in a busy queue make no progress either, and are not lost.
+            if not jobs.without_message([job_id], settings.queues):
                 continue
             message = f"no part of the video made progress for {settings.visibility_timeout_s} s"
         if jobs.fail(record, "worker_lost", message):

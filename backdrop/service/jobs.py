@@ -259,7 +259,7 @@ return 1
 _WITHOUT_MESSAGE = """
 local named = {}
 local function scan(message)
-  for id in string.gmatch(message, '"id":%s*"(%x+)"') do named[id] = true end
+  for id in string.gmatch(message, '"id":%s*"(%x+)[%-"]') do named[id] = true end
 end
 for i = 1, #KEYS - 1 do
   for _, message in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do scan(message) end
@@ -438,7 +438,8 @@ class JobStore:
         guard_redis(lambda: self._redis.zrem(MISSING_SET, job_id))
 
     def without_message(self, job_ids: list[str], queues: list[str]) -> list[str]:
-        """Those of ``job_ids`` that no message in ``queues`` (waiting, or delivered and unacknowledged) names.
+        """Those of ``job_ids`` that no message in ``queues`` (waiting, or delivered and unacknowledged) names:
+        a message's task id is its job's id, or starts with it and a dash (a part of a job, ``enqueue_part``).
 
         Reads kombu's Redis transport layout: a list per queue (and per priority step, unused here) and
         the ``unacked`` hash. Its cost grows with the queue's length."""

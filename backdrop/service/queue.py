@@ -47,3 +47,11 @@ def enqueue(app: Celery, job_id: str, queue: str, *, task: str = PROCESS_TASK) -
     """Publish one job message; fails fast (no retry loop) so the API can answer 503."""
     # The Celery task id is the job id, so Celery's own log lines name the job too.
     app.send_task(task, args=[job_id], task_id=job_id, queue=queue, retry=False)
+
+
+def enqueue_part(app: Celery, task: str, args: list, queue: str) -> None:
+    """Publish a message for part of a job (a video's chunk, its join): ``args`` start with the job id.
+    The task id starts with it too ("<job id>-render_chunk-3"), so the sweep can see that a job still has
+    work waiting in a queue (``JobStore.without_message``)."""
+    task_id = "-".join([str(args[0]), task.rsplit(".", 1)[-1], *(str(arg) for arg in args[1:])])
+    app.send_task(task, args=args, task_id=task_id, queue=queue)
