@@ -82,8 +82,40 @@ def test_cutout_alpha_is_the_mask_and_mask_effect_is_the_mask():
     alpha = cv2.GaussianBlur(alpha, (0, 0), 3)  # soft edges survive untouched
     cut = render(image, alpha, effect="cutout")
     assert cut.shape == (*alpha.shape, 4)
-    assert np.array_equal(cut[..., 3], alpha) and np.array_equal(cut[..., :3], image)
+    assert np.array_equal(cut[..., 3], alpha)
+    certain = (alpha == 0) | (alpha == 255)  # colours change only where the matte is partly transparent
+    assert np.array_equal(cut[..., :3][certain], image[certain])
     assert np.array_equal(render(image, alpha, effect="mask"), alpha)
+
+
+def soft_edged_subject(height: int = 480, width: int = 640) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A red subject with a textured, soft edge photographed against a white wall: (photo, alpha, the
+    subject's own colours). Every edge pixel mixes the two as a camera would."""
+    alpha = cv2.GaussianBlur(disc_alpha(height, width), (0, 0), 4)
+    texture = RNG.integers(-25, 26, (height, width, 1))
+    subject = np.clip(np.array([40, 40, 200]) + texture, 0, 255).astype(np.float32)  # BGR red
+    a = alpha[..., None].astype(np.float32) / 255
+    photo = np.clip(subject * a + 245.0 * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+    return photo, alpha, subject
+
+
+@pytest.mark.parametrize("effect", ["color", "replace", "cutout"])
+def test_soft_edges_on_a_new_background_carry_no_glow_of_the_old_one(effect):
+    photo, alpha, subject = soft_edged_subject()
+    new_background = np.zeros_like(photo)
+    new_background[:] = (255, 144, 30)
+    out = render(photo, alpha, effect=effect, color="#1E90FF", background=new_background)
+    a = alpha[..., None].astype(np.float32) / 255
+    ideal = subject * a + new_background.astype(np.float32) * (1 - a)  # the subject as if shot on blue
+    if effect == "cutout":  # composited over blue by the viewer
+        ideal_colours = out[..., :3].astype(np.float32) * a + new_background * (1 - a)
+        out = np.clip(ideal_colours + 0.5, 0, 255).astype(np.uint8)
+    edge = (alpha > 25) & (alpha < 230)
+    plain = photo.astype(np.float32) * a + new_background.astype(np.float32) * (1 - a)  # the old composite
+    error = np.abs(out.astype(np.float32) - ideal)[edge].mean()
+    old_error = np.abs(plain - ideal)[edge].mean()
+    assert old_error > 20, old_error  # white wall blended into the edge: a light glow on blue
+    assert error < old_error / 4, (error, old_error)
 
 
 def test_input_alpha_carries_into_cutout():

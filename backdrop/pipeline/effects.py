@@ -4,11 +4,16 @@ Blurs are computed at reduced resolution (the image is shrunk so the blur radius
 pixels there, then enlarged back), so their cost does not grow with strength. They are normalised
 convolutions weighted by "is background", so the subject's colours never bleed into the blurred
 background around it (no halo).
+
+On a new background (colour, replace) and in cutouts, the matte's soft edge pixels would carry the old
+background's colour with them: a light glow around a head shot against a white wall. There the
+subject's own colour is estimated first (``edge_colours``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -18,6 +23,12 @@ from backdrop.pipeline.pixels import OpenCVPixels, PixelOps
 
 OPENCV = OpenCVPixels()
 
+# Subject colours at the matte's edge are estimated from clear subject and background pixels within about
+# this share of the photo's longer side (two model pixels: from anywhere in the matte's soft band, the
+# nearest clear pixels on both sides). Mean colours are smooth: they are found on a copy of about this
+# long side, and the edge's detail is kept at full size.
+EDGE_COLOUR_SHARE = 2 / 256
+EDGE_COLOUR_LONG_SIDE = 384
 # Blur radius at strength 1 and 100, as a share of the image's longer side.
 MIN_RADIUS_SHARE = 0.004
 MAX_RADIUS_SHARE = 0.06
@@ -118,6 +129,81 @@ def cover(background: np.ndarray, width: int, height: int, ops: PixelOps = OPENC
     return ops.resize(np.ascontiguousarray(background[y0 : y0 + crop_h, x0 : x0 + crop_w]), width, height)
 
 
+def _normalised_blur(pixels: np.ndarray, weight: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The ``weight``-weighted Gaussian mean colour around each pixel, and the weight found there."""
+    found = cv2.GaussianBlur(weight, (0, 0), sigma)
+    mean = cv2.GaussianBlur(pixels * weight[..., None], (0, 0), sigma) / np.maximum(found, 1e-6)[..., None]
+    return mean, found
+
+
+@dataclass(frozen=True)
+class EdgeColours:
+    """The matte's partly transparent pixels (``flat``: indexes into the image's pixels in row order),
+    their alpha (0-1, Nx1) and the subject's own colour estimated at each (Nx3 float32 BGR)."""
+
+    flat: np.ndarray
+    alpha: np.ndarray
+    colours: np.ndarray
+
+    def write(self, pixels: np.ndarray) -> np.ndarray:
+        """The estimated colours written into ``pixels`` (HxWx3 or HxWx4 uint8, changed in place)."""
+        rows = pixels.reshape(-1, pixels.shape[2])
+        rows[self.flat, :3] = np.clip(self.colours + 0.5, 0, 255).astype(np.uint8)
+        return pixels
+
+    def over(self, rendered: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """``rendered`` (the plain composite over ``background``) with each edge pixel composited again
+        from the subject's estimated colour (in place)."""
+        behind = background.reshape(-1, 3).take(self.flat, axis=0).astype(np.float32)
+        mixed = behind + self.alpha * (self.colours - behind)
+        rendered.reshape(-1, 3)[self.flat] = np.clip(mixed + 0.5, 0, 255).astype(np.uint8)
+        return rendered
+
+
+def edge_colours(image: np.ndarray, alpha_full: np.ndarray, small: np.ndarray, alpha_small: np.ndarray) -> EdgeColours:
+    """The subject's own colour at each partly transparent pixel of the matte: what the pixel would show
+    without the old background behind a hair or an edge.
+
+    After blur fusion (Forte & Pitie, 2021): mean subject and background colours near each edge pixel,
+    from the clear pixels of ``small`` (a reduced copy of ``image``; ``alpha_small`` its matte, float
+    0-1), then a full-resolution correction that keeps the pixel's own detail:
+    F = F_mean + a * (I - a * F_mean - (1 - a) * B_mean). Only pixels with 0 < a < 1 are computed, so the
+    cost follows the edge's length, not the photo's size."""
+    points = cv2.findNonZero(cv2.inRange(alpha_full, 1, 254))
+    if points is None:
+        return EdgeColours(np.zeros(0, np.intp), np.zeros((0, 1), np.float32), np.zeros((0, 3), np.float32))
+    points = points.reshape(-1, 2)  # (x, y) pairs
+    cols, rows = points[:, 0], points[:, 1]
+    flat = rows.astype(np.intp) * image.shape[1] + cols
+    sigma = max(0.7, EDGE_COLOUR_SHARE * max(small.shape[:2]))
+    pixels = small.astype(np.float32)
+    # Means of the clear pixels on each side (weights fall to 0 at half transparency), not of the mixed ones.
+    subject_mean, subject_found = _normalised_blur(pixels, background_weight(1.0 - alpha_small), sigma)
+    background_mean, _ = _normalised_blur(pixels, background_weight(alpha_small), sigma)
+    # Where no subject pixel is near at this scale (a faint edge far out), the pixel's own colour stays.
+    subject_mean = np.where((subject_found > 1e-3)[..., None], subject_mean, pixels)
+    # Each edge pixel's place on the small copy (pixel centres), sampled bilinearly; remap's maps are
+    # images under 32767 wide, so the points go in rows of 1024.
+    scale_x, scale_y = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
+    padded = -rows.size % 1024
+    map_x = np.pad((cols + 0.5) * scale_x - 0.5, (0, padded)).astype(np.float32).reshape(-1, 1024)
+    map_y = np.pad((rows + 0.5) * scale_y - 0.5, (0, padded)).astype(np.float32).reshape(-1, 1024)
+
+    def sample(plane: np.ndarray) -> np.ndarray:
+        found = cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return found.reshape(-1, 3)[: rows.size]
+
+    subject_at, background_at = sample(subject_mean), sample(background_mean)
+    a = (alpha_full.reshape(-1).take(flat).astype(np.float32) * (1 / 255))[:, None]
+    observed = image.reshape(-1, 3).take(flat, axis=0).astype(np.float32)
+    # F_mean + a * (I - a * F_mean - (1 - a) * B_mean), arranged to make fewer temporaries.
+    residual = observed - background_at
+    residual -= a * (subject_at - background_at)
+    residual *= a
+    residual += subject_at
+    return EdgeColours(flat, a, np.clip(residual, 0.0, 255.0, out=residual))
+
+
 def composite(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray, ops: PixelOps = OPENCV) -> np.ndarray:
     """``foreground * a + background * (1 - a)`` in uint8; exact where alpha is 0 or 255."""
     return ops.composite(foreground, background, alpha)
@@ -128,6 +214,17 @@ def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray | None) -> np.nd
     if input_alpha is None:
         return alpha
     return cv2.multiply(alpha, input_alpha, scale=1 / 255)
+
+
+def _edge_colour_copy(
+    preview: np.ndarray, alpha_preview: np.ndarray, coarse: np.ndarray | None, ops: PixelOps
+) -> tuple[np.ndarray, np.ndarray]:
+    """The reduced copy (and its matte) that edge colours are estimated on: ``coarse`` when it is about
+    ``EDGE_COLOUR_LONG_SIDE`` long, else the preview shrunk to that."""
+    scale = min(1.0, EDGE_COLOUR_LONG_SIDE / max(preview.shape[:2]))
+    width, height = max(1, round(preview.shape[1] * scale)), max(1, round(preview.shape[0] * scale))
+    small = coarse if coarse is not None and coarse.shape[1] >= width else ops.resize(preview, width, height)
+    return small, ops.resize(alpha_preview, small.shape[1], small.shape[0])
 
 
 def apply_effect(
@@ -147,7 +244,8 @@ def apply_effect(
     height, width = image.shape[:2]
     effect = params.effect
     if effect is Effect.CUTOUT:
-        return cv2.merge([*cv2.split(image), with_input_alpha(alpha_full, input_alpha)])
+        cut = cv2.merge([*cv2.split(image), with_input_alpha(alpha_full, input_alpha)])
+        return edge_colours(image, alpha_full, *_edge_colour_copy(preview, alpha_preview, coarse, ops)).write(cut)
     if effect is Effect.MASK:
         return with_input_alpha(alpha_full, input_alpha)
     if effect is Effect.BLUR:
@@ -164,4 +262,8 @@ def apply_effect(
         back = cover(background, width, height, ops)
     else:  # pragma: no cover - every Effect is handled above
         raise ValueError(f"unhandled effect {effect}")
-    return composite(image, back, alpha_full, ops)
+    rendered = composite(image, back, alpha_full, ops)
+    if effect in (Effect.COLOR, Effect.REPLACE):  # a background the photo's own edge colours do not match
+        edges = edge_colours(image, alpha_full, *_edge_colour_copy(preview, alpha_preview, coarse, ops))
+        return edges.over(rendered, back)
+    return rendered
