@@ -69,6 +69,26 @@ def test_uploads_over_the_redis_budget_go_to_the_object_store_and_deleting_frees
     uploads.delete(c)
 
 
+def test_an_upload_that_expires_unread_gives_its_bytes_back(settings):
+    import time
+
+    from backdrop.service.uploads import INLINE_EXPIRY, INLINE_SIZES
+
+    uploads = Uploads.connect(replace(settings, job_ttl_s=1), open_storage(settings))
+    counter = uploads._redis
+    before = int(counter.get(INLINE_BYTES) or 0)
+    forgotten = uploads.put(uuid.uuid4().hex, b"f" * 900)  # its job never runs
+    key = forgotten.removeprefix(INLINE_SCHEME)
+    assert int(counter.get(INLINE_BYTES)) == before + 900
+    time.sleep(2.1)
+    assert counter.get(key) is None  # Redis let it expire
+    later = uploads.put(uuid.uuid4().hex, b"l" * 10)  # the next upload settles the account
+    assert int(counter.get(INLINE_BYTES)) == before + 10
+    assert counter.hget(INLINE_SIZES, key) is None and counter.zscore(INLINE_EXPIRY, key) is None
+    uploads.delete(later)
+    assert int(counter.get(INLINE_BYTES)) == before
+
+
 def test_inline_limit_zero_keeps_every_upload_in_the_object_store(settings):
     uploads = Uploads.connect(replace(settings, inline_upload_max_bytes=0), open_storage(settings))
     name = uuid.uuid4().hex

@@ -8,9 +8,8 @@ on a 2.25 MP photo, about a tenth of the job's CPU between the API, the worker a
 record stores the locator this class returns, so a worker reads from the right place without guessing.
 
 The budget is a byte counter beside the uploads, moved by the same scripts that store and delete them.
-An upload that expires unread (its job never ran within the job TTL) keeps counting until the counter
-itself expires (a job TTL after the last upload stored): meanwhile more uploads go to the object store,
-never more memory to Redis.
+Each upload's size and expiry time are noted too, so one that expires unread (its job never ran within
+the job TTL) gives its bytes back the next time an upload is stored.
 """
 
 from __future__ import annotations
@@ -27,31 +26,57 @@ from backdrop.settings import Settings
 INLINE_SCHEME = "redis:"
 INLINE_PREFIX = "backdrop:upload:"
 INLINE_BYTES = "backdrop:upload-bytes"  # bytes of the uploads waiting in Redis
+INLINE_SIZES = "backdrop:upload-sizes"  # hash: upload key -> its size
+INLINE_EXPIRY = "backdrop:upload-expiry"  # sorted set: upload key by the time it expires
+INLINE_KEYS = [INLINE_BYTES, INLINE_SIZES, INLINE_EXPIRY]
 OBJECT_PREFIX = "inputs/"
 
-# KEYS[1] upload, KEYS[2] byte counter; ARGV: data, ttl, budget. Stores the upload if the budget allows.
-_PUT_INLINE = """
-local size = string.len(ARGV[1])
-if redis.call('INCRBY', KEYS[2], size) > tonumber(ARGV[3]) then
-  redis.call('DECRBY', KEYS[2], size)
-  return 0
+# Shared by both scripts: KEYS[1..3] are INLINE_KEYS. ``forget(key)`` drops an upload's bookkeeping and
+# gives its bytes back; ``expired()`` does so for uploads whose time ran out unread (a few per call).
+_BOOKKEEPING = """
+local function forget(key)
+  local size = tonumber(redis.call('HGET', KEYS[2], key) or '0')
+  redis.call('HDEL', KEYS[2], key)
+  redis.call('ZREM', KEYS[3], key)
+  if size > 0 and redis.call('DECRBY', KEYS[1], size) < 0 then redis.call('SET', KEYS[1], 0) end
 end
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-return 1
-"""
-
-# KEYS: the byte counter, then uploads. Deletes them and gives their bytes back to the budget.
-_DELETE_INLINE = """
-for i = 2, #KEYS do
-  local size = redis.call('STRLEN', KEYS[i])
-  if size > 0 then
-    redis.call('DEL', KEYS[i])
-    if redis.call('DECRBY', KEYS[1], size) < 0 then redis.call('SET', KEYS[1], 0) end
+local function expired(now)
+  for _, key in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 64)) do
+    redis.call('DEL', key)
+    forget(key)
   end
 end
+"""
+
+# KEYS: INLINE_KEYS, then the upload; ARGV: data, ttl, budget. Stores the upload if the budget allows.
+_PUT_INLINE = (
+    _BOOKKEEPING
+    + """
+local now = tonumber(redis.call('TIME')[1])
+expired(now)
+local size = string.len(ARGV[1])
+if redis.call('INCRBY', KEYS[1], size) > tonumber(ARGV[3]) then
+  redis.call('DECRBY', KEYS[1], size)
+  return 0
+end
+redis.call('SET', KEYS[4], ARGV[1], 'EX', ARGV[2])
+redis.call('HSET', KEYS[2], KEYS[4], size)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), KEYS[4])
 return 1
 """
+)
+
+# KEYS: INLINE_KEYS, then uploads. Deletes them and gives their bytes back to the budget.
+_DELETE_INLINE = (
+    _BOOKKEEPING
+    + """
+for i = 4, #KEYS do
+  redis.call('DEL', KEYS[i])
+  forget(KEYS[i])
+end
+return 1
+"""
+)
 
 
 class Uploads:
@@ -87,7 +112,7 @@ class Uploads:
         if len(data) <= self._inline_max_bytes:
             key = INLINE_PREFIX + name
             args = [data, self._ttl_s, self._inline_budget_bytes]
-            if guard_redis(lambda: self._put_inline(keys=[key, INLINE_BYTES], args=args)):
+            if guard_redis(lambda: self._put_inline(keys=[*INLINE_KEYS, key], args=args)):
                 return INLINE_SCHEME + key
         key = OBJECT_PREFIX + name
         self._storage.put(key, data, "application/octet-stream")
@@ -119,6 +144,6 @@ class Uploads:
         inline = [locator.removeprefix(INLINE_SCHEME) for locator in locators if locator.startswith(INLINE_SCHEME)]
         objects = [locator for locator in locators if not locator.startswith(INLINE_SCHEME)]
         if inline:
-            guard_redis(lambda: self._delete_inline(keys=[INLINE_BYTES, *inline]))
+            guard_redis(lambda: self._delete_inline(keys=[*INLINE_KEYS, *inline]))
         if objects:
             self._storage.delete(*objects)
