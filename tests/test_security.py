@@ -179,19 +179,24 @@ def no_enqueue(job_id: str, queue: str, task: str) -> None:
     raise AssertionError(f"nothing should be queued again here ({job_id})")
 
 
-def test_sweeper_queues_again_only_jobs_whose_message_is_gone(sweep_settings):
+@pytest.fixture
+def sweep_services(sweep_settings):
+    """The sweep's job store, storage (its bucket created) and a Celery app to publish with."""
+    from backdrop.service.queue import make_celery
+
+    storage = open_storage(sweep_settings)
+    storage.ping()  # creates this test's bucket
+    return JobStore.connect(sweep_settings.redis_url, ttl_s=600), storage, make_celery(sweep_settings)
+
+
+def test_sweeper_queues_again_only_jobs_whose_message_is_gone(sweep_settings, sweep_services):
     import json
 
     from backdrop.service.jobs import KOMBU_UNACKED, MISSING_SET, QUEUED_SET
-    from backdrop.service.queue import enqueue, make_celery
+    from backdrop.service.queue import enqueue
 
     settings = sweep_settings
-    jobs, storage, celery = (
-        JobStore.connect(settings.redis_url, ttl_s=600),
-        open_storage(settings),
-        make_celery(settings),
-    )
-    storage.ping()  # creates this test's bucket
+    jobs, storage, celery = sweep_services
     sent: list[tuple[str, str]] = []
 
     def resend(job_id: str, queue: str, task: str) -> None:
@@ -222,20 +227,15 @@ def test_sweeper_queues_again_only_jobs_whose_message_is_gone(sweep_settings):
         jobs.redis.delete(KOMBU_UNACKED, settings.queue, QUEUED_SET, MISSING_SET)
 
 
-def test_a_video_whose_chunks_wait_in_a_busy_queue_is_not_lost(sweep_settings):
+def test_a_video_whose_chunks_wait_in_a_busy_queue_is_not_lost(sweep_settings, sweep_services):
     # Its chunks wait behind other work for longer than the visibility timeout: no progress, but nothing
     # lost. Once no message of it is left anywhere, the same silence is a lost video.
     from backdrop.params import JobParams, MediaKind
     from backdrop.service.jobs import KOMBU_UNACKED
-    from backdrop.service.queue import CHUNK_TASK, enqueue_part, make_celery
+    from backdrop.service.queue import CHUNK_TASK, enqueue_part
 
     settings = sweep_settings
-    jobs, storage, celery = (
-        JobStore.connect(settings.redis_url, ttl_s=600),
-        open_storage(settings),
-        make_celery(settings),
-    )
-    storage.ping()
+    jobs, storage, celery = sweep_services
     record = replace(queued_record(), params=JobParams.parse({}, MediaKind.VIDEO))
     other = queued_record()  # an image job whose id shares no prefix with the video's
     jobs.create(record)
