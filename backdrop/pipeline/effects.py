@@ -176,26 +176,34 @@ def edge_colours(image: np.ndarray, alpha_full: np.ndarray, small: np.ndarray, a
     cols, rows = points[:, 0], points[:, 1]
     flat = rows.astype(np.intp) * image.shape[1] + cols
     sigma = max(0.7, EDGE_COLOUR_SHARE * max(small.shape[:2]))
-    pixels = small.astype(np.float32)
-    # Means of the clear pixels on each side (weights fall to 0 at half transparency), not of the mixed ones.
-    subject_mean, subject_found = _normalised_blur(pixels, background_weight(1.0 - alpha_small), sigma)
-    background_mean, _ = _normalised_blur(pixels, background_weight(alpha_small), sigma)
-    # Where no subject pixel is near at this scale (a faint edge far out), the pixel's own colour stays.
-    subject_mean = np.where((subject_found > 1e-3)[..., None], subject_mean, pixels)
-    # Each edge pixel's place on the small copy (pixel centres), sampled bilinearly; remap's maps are
-    # images under 32767 wide, so the points go in rows of 1024.
+    # Each edge pixel's place on the small copy (pixel centres); the means are needed only around them.
     scale_x, scale_y = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
+    x = (cols + 0.5) * scale_x - 0.5
+    y = (rows + 0.5) * scale_y - 0.5
+    reach = math.ceil(3 * sigma) + 2
+    x0, y0 = max(0, math.floor(x.min()) - reach), max(0, math.floor(y.min()) - reach)
+    x1 = min(small.shape[1], math.ceil(x.max()) + reach + 1)
+    y1 = min(small.shape[0], math.ceil(y.max()) + reach + 1)
+    pixels = small[y0:y1, x0:x1].astype(np.float32)
+    alpha_near = alpha_small[y0:y1, x0:x1]
+    # Means of the clear pixels on each side (weights fall to 0 at half transparency), not of the mixed ones.
+    subject_mean, subject_found = _normalised_blur(pixels, background_weight(1.0 - alpha_near), sigma)
+    background_mean, _ = _normalised_blur(pixels, background_weight(alpha_near), sigma)
+    # Sampled bilinearly at the edge pixels; remap's maps are images under 32767 wide, so the points go in
+    # rows of 1024.
     padded = -rows.size % 1024
-    map_x = np.pad((cols + 0.5) * scale_x - 0.5, (0, padded)).astype(np.float32).reshape(-1, 1024)
-    map_y = np.pad((rows + 0.5) * scale_y - 0.5, (0, padded)).astype(np.float32).reshape(-1, 1024)
+    map_x = np.pad(x - x0, (0, padded)).astype(np.float32).reshape(-1, 1024)
+    map_y = np.pad(y - y0, (0, padded)).astype(np.float32).reshape(-1, 1024)
 
     def sample(plane: np.ndarray) -> np.ndarray:
         found = cv2.remap(plane, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return found.reshape(-1, 3)[: rows.size]
+        return found.reshape(rows.size + padded, -1)[: rows.size]
 
     subject_at, background_at = sample(subject_mean), sample(background_mean)
     a = (alpha_full.reshape(-1).take(flat).astype(np.float32) * (1 / 255))[:, None]
     observed = image.reshape(-1, 3).take(flat, axis=0).astype(np.float32)
+    # Where no clear subject pixel is near (a faint edge far out), the pixel's own colour stays.
+    subject_at = np.where(sample(subject_found) > 1e-3, subject_at, observed)
     # F_mean + a * (I - a * F_mean - (1 - a) * B_mean), arranged to make fewer temporaries.
     residual = observed - background_at
     residual -= a * (subject_at - background_at)
@@ -219,11 +227,14 @@ def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray | None) -> np.nd
 def _edge_colour_copy(
     preview: np.ndarray, alpha_preview: np.ndarray, coarse: np.ndarray | None, ops: PixelOps
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The reduced copy (and its matte) that edge colours are estimated on: ``coarse`` when it is about
-    ``EDGE_COLOUR_LONG_SIDE`` long, else the preview shrunk to that."""
+    """The reduced copy (and its matte) that edge colours are estimated on: ``coarse`` when it is at least
+    half of ``EDGE_COLOUR_LONG_SIDE`` long (or all of the preview), else the preview shrunk to that."""
     scale = min(1.0, EDGE_COLOUR_LONG_SIDE / max(preview.shape[:2]))
     width, height = max(1, round(preview.shape[1] * scale)), max(1, round(preview.shape[0] * scale))
-    small = coarse if coarse is not None and coarse.shape[1] >= width else ops.resize(preview, width, height)
+    if coarse is not None and (2 * coarse.shape[1] >= width or coarse.shape[1] == preview.shape[1]):
+        small = coarse
+    else:
+        small = ops.resize(preview, width, height)
     return small, ops.resize(alpha_preview, small.shape[1], small.shape[0])
 
 
