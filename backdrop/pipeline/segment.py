@@ -132,7 +132,7 @@ def probability_over_views(
         ]
     )
     out_h, out_w = own.shape
-    mirrored = cv2.resize(mirrored[:, ::-1], (out_w, out_h), interpolation=cv2.INTER_LINEAR)
+    mirrored = mirrored[:, ::-1]  # same size as the photo's own pass: same input size, same variant
     # The photo's part of the zoomed-out view's output, resampled straight to the own pass's grid.
     sx = zoomed.shape[1] / (width + 2 * border)
     sy = zoomed.shape[0] / (height + 2 * border)
