@@ -21,7 +21,7 @@ from api.errors import ApiError
 from api.openapi import openapi_document
 from backdrop.errors import ParameterError
 from backdrop.models.registry import DEFAULT_GENERAL_MODEL, DEFAULT_PERSON_MODEL, MODELS
-from backdrop.params import Effect, JobParams, MediaKind, OutputFormat, VideoFormat
+from backdrop.params import LIVE_EFFECTS, Effect, JobParams, MediaKind, OutputFormat, VideoFormat
 from backdrop.probe import probe_image
 from backdrop.service.jobs import JobRecord, JobStatus
 from backdrop.service.observability import JOBS_SUBMITTED, QueueDepthCollector, render_metrics
@@ -397,7 +397,7 @@ def live_mode() -> Response:
     return jsonify(
         {
             "websocket_url": settings.live_url,
-            "effects": ["blur", "replace", "color", "gray", "mask"],
+            "effects": [effect.value for effect in LIVE_EFFECTS],
             "formats": ["jpeg", "webp"],
             "limits": {
                 "frame_pixels": settings.live_max_frame_pixels,

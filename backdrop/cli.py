@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backdrop.errors import BackdropError, ModelUnavailable, UnknownModel
-from backdrop.params import BLUR_LEVELS, Bokeh, Effect, JobParams, Keep, MediaKind
+from backdrop.params import BLUR_LEVELS, LIVE_EFFECTS, Bokeh, Effect, JobParams, Keep, MediaKind
 from backdrop.settings import Settings
 from backdrop.sniff import HEAD_BYTES, media_kind
 
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--input", type=Path, metavar="CLIP", help="a video file, sent frame by frame as a camera")
     live.add_argument("--output", "-o", type=Path, required=True, help="the processed stream: .mp4 or .webm")
     live.add_argument("--seconds", type=float, help="stop after this long (camera: default 10)")
-    live.add_argument("--effect", choices=["blur", "replace", "color", "gray", "mask"], default="blur")
+    live.add_argument("--effect", choices=[e.value for e in LIVE_EFFECTS], default="blur")
     live.add_argument("--strength", help=f"1-100 or {'|'.join(BLUR_LEVELS)}")
     live.add_argument("--bokeh", choices=[b.value for b in Bokeh])
     live.add_argument("--targets", help="classes to keep sharp, comma-separated (default person)")

@@ -26,6 +26,10 @@ class Effect(StrEnum):
     MASK = "mask"
 
 
+# The effects a live session takes: a cut-out needs transparency, which a camera view does not carry.
+LIVE_EFFECTS = (Effect.BLUR, Effect.REPLACE, Effect.COLOR, Effect.GRAY, Effect.MASK)
+
+
 class Bokeh(StrEnum):
     GAUSSIAN = "gaussian"
     LENS = "lens"

@@ -15,17 +15,15 @@ from typing import Any
 import numpy as np
 
 from backdrop.errors import BackdropError, ImageError, ParameterError
-from backdrop.params import Effect, JobParams, OutputFormat
+from backdrop.params import LIVE_EFFECTS, Effect, JobParams, OutputFormat
 from backdrop.pipeline import Pipeline
 from backdrop.pipeline.imageio import decode_image, encode_image, load_image
 from backdrop.probe import probe_image
 from backdrop.settings import Settings
 from backdrop.video.temporal import TemporalState
 
-# The job parameters a live session takes (a frame has no metadata, and a cut-out needs transparency,
-# which JPEG and a camera view do not carry).
+# The job parameters a live session takes (a frame has no metadata; its effects: LIVE_EFFECTS).
 SETTING_FIELDS = ("effect", "strength", "bokeh", "color", "targets", "model", "keep", "quality")
-LIVE_EFFECTS = (Effect.BLUR, Effect.REPLACE, Effect.COLOR, Effect.GRAY, Effect.MASK)
 LIVE_FORMATS = {"jpeg": OutputFormat.JPEG, "jpg": OutputFormat.JPEG, "webp": OutputFormat.WEBP}
 _DATA_URL = re.compile(r"data:[\w/+.-]*;base64,", re.IGNORECASE)
 
