@@ -317,7 +317,8 @@ def get_jobs() -> Response:
     valid = [job_id for job_id in ids if _JOB_ID.fullmatch(job_id)]
     records = dict(zip(valid, services().jobs.get_many(valid), strict=True))
     found = [r for r in (records.get(job_id) for job_id in ids) if r is not None and r.owner == g.owner]
-    missing = [job_id for job_id in ids if job_id not in {r.id for r in found}]
+    found_ids = {record.id for record in found}
+    missing = [job_id for job_id in ids if job_id not in found_ids]
     response = jsonify({"jobs": [present(record) for record in found], "missing": missing})
     if any(not record.status.finished for record in found):
         response.headers["Retry-After"] = RETRY_AFTER_S
