@@ -40,7 +40,7 @@ from skimage import data as samples
 from backdrop.params import JobParams
 from backdrop.pipeline import Pipeline
 from backdrop.pipeline.allocator import retain_freed_memory
-from backdrop.service.jobs import JobRecord, JobStore
+from backdrop.service.jobs import JobRecord, JobStatus, JobStore
 from backdrop.service.localstack import LocalStack, free_port
 from backdrop.service.queue import make_celery
 from backdrop.settings import Settings
@@ -196,7 +196,7 @@ class Bench:
                 response = connection.connection.getresponse()
                 answer = json.loads(response.read())
                 retry_after = float(response.headers.get("Retry-After") or retry_after)
-                done = {job["id"] for job in answer["jobs"] if job["status"] in ("succeeded", "failed", "cancelled")}
+                done = {job["id"] for job in answer["jobs"] if JobStatus(job["status"]).finished}
                 still += [job_id for job_id in waiting[first : first + 100] if job_id not in done]
             waiting = still
             if waiting:
