@@ -10,15 +10,17 @@ machine, with the client in the same machine's other process: both share the cor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
-from websockets.sync.client import connect
+from websockets.sync.client import ClientConnection, connect
 
 from backdrop.service.localstack import free_port, start_live
 from backdrop.video.media import VideoSource
@@ -38,13 +40,20 @@ def camera_frames(clip: Path, count: int) -> list[bytes]:
     return frames
 
 
-def one_in_flight(url: str, frames: list[bytes], settings: dict) -> list[float]:
+@contextlib.contextmanager
+def warm_session(url: str, frames: list[bytes], settings: dict) -> Iterator[ClientConnection]:
+    """A live session with ``settings`` in force, past its first frames (they run the expensive steps)."""
     with connect(url, max_size=None) as socket:
         socket.send(json.dumps(settings))
         socket.recv()
-        for frame in frames[:20]:  # warm-up: the session's first frames run the expensive steps
+        for frame in frames[:20]:
             socket.send(frame)
             socket.recv()
+        yield socket
+
+
+def one_in_flight(url: str, frames: list[bytes], settings: dict) -> list[float]:
+    with warm_session(url, frames, settings) as socket:
         times = []
         for frame in frames:
             started = time.perf_counter()
@@ -55,12 +64,7 @@ def one_in_flight(url: str, frames: list[bytes], settings: dict) -> list[float]:
 
 
 def in_flight_rate(url: str, frames: list[bytes], settings: dict, depth: int) -> float:
-    with connect(url, max_size=None) as socket:
-        socket.send(json.dumps(settings))
-        socket.recv()
-        for frame in frames[:20]:
-            socket.send(frame)
-            socket.recv()
+    with warm_session(url, frames, settings) as socket:
         started = time.perf_counter()
         sent = received = 0
         for _ in range(depth):
