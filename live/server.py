@@ -117,7 +117,6 @@ class LiveServer:
         session = LiveSession(self.pipeline, self.settings)
         answers: asyncio.Queue[Awaitable[bytes | str] | None] = asyncio.Queue()
         sender = asyncio.create_task(self._send_in_order(connection, answers))
-        in_flight = 0
         loop = asyncio.get_running_loop()
         chain: asyncio.Future | None = None
         try:
