@@ -154,7 +154,8 @@ class JobParams:
     def parse(cls, values: Mapping[str, str | None], kind: MediaKind = MediaKind.IMAGE) -> JobParams:
         """Build from string values (missing or empty → default) for an image or a video job (``format``
         names an image or a video format). Unknown keys are refused."""
-        unknown = sorted(set(values) - set(cls.FIELDS))
+        # A multipart part whose name could not be decoded arrives with the name None: unknown too.
+        unknown = sorted(str(key) for key in set(values) - set(cls.FIELDS))
         if unknown:
             raise ParameterError(unknown[0], f"unknown parameter; known: {', '.join(cls.FIELDS)}")
         given = {k: v for k, v in values.items() if v is not None and str(v).strip() != ""}

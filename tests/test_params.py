@@ -83,6 +83,13 @@ def test_unknown_parameter_refused():
     assert caught.value.field == "blurriness"
 
 
+def test_unnamed_form_part_refused_not_crashed():
+    """Werkzeug names a multipart part whose name it cannot decode None (found by the contract fuzzer)."""
+    with pytest.raises(ParameterError) as caught:
+        JobParams.parse({None: "x", "blurriness": "3"})  # type: ignore[dict-item]
+    assert caught.value.field == "None"
+
+
 def test_round_trip_through_dict():
     params = JobParams.parse(
         {"effect": "blur", "strength": "77", "bokeh": "lens", "targets": "cat,dog", "color": "#102030",
