@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from backdrop.models.registry import MODELS
-from backdrop.params import BLUR_LEVELS, Bokeh, Effect, Keep, OutputFormat, VideoFormat
+from backdrop.params import BLUR_LEVELS, Bokeh, Effect, Keep, OutputFormat, Subjects, VideoFormat
 
 _ERROR = {
     "type": "object",
@@ -153,6 +153,9 @@ def openapi_document() -> dict[str, Any]:
                                         "quality": {"type": "string", "description": "1-100"},
                                         "keep": {"type": "string", "enum": [k.value for k in Keep],
                                                  "description": "held: also what the targets hold, ride or sit on"},
+                                        "subjects": {"type": "string", "enum": [s.value for s in Subjects],
+                                                     "description": "main (default): the most prominent person "
+                                                     "and those with them; all: everyone"},
                                         "keep_islands": {"type": "string", "enum": ["true", "false"]},
                                         "keep_metadata": {"type": "string", "enum": ["true", "false"]},
                                     },

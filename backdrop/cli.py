@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backdrop.errors import BackdropError, ModelUnavailable, UnknownModel
-from backdrop.params import BLUR_LEVELS, LIVE_EFFECTS, Bokeh, Effect, JobParams, Keep, MediaKind
+from backdrop.params import BLUR_LEVELS, LIVE_EFFECTS, Bokeh, Effect, JobParams, Keep, MediaKind, Subjects
 from backdrop.settings import Settings
 from backdrop.sniff import HEAD_BYTES, media_kind
 
@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--strength", help=f"1-100 or {'|'.join(BLUR_LEVELS)}")
     live.add_argument("--bokeh", choices=[b.value for b in Bokeh])
     live.add_argument("--targets", help="classes to keep sharp, comma-separated (default person)")
+    live.add_argument("--subjects", choices=[s.value for s in Subjects], help="main (default) or all")
     live.add_argument("--color", help="background colour #RRGGBB for --effect color")
     live.add_argument("--background", type=Path, help="background image for --effect replace")
     live.add_argument("--in-flight", type=int, default=2, help="frames sent ahead of the answers (default 2)")
@@ -130,6 +131,11 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
         choices=[k.value for k in Keep],
         help="targets: only the target classes (default); held: also what they hold, ride or sit on",
     )
+    parser.add_argument(
+        "--subjects",
+        choices=[s.value for s in Subjects],
+        help="main: the most prominent person and those with them, others blurred (default); all: everyone",
+    )
     parser.add_argument("--keep-islands", action="store_true", help="keep small subject regions far from the main one")
     parser.add_argument(
         "--keep-metadata", action="store_true", help="copy the input's EXIF (GPS included) to the output"
@@ -152,6 +158,7 @@ def _job_fields(args: argparse.Namespace) -> dict[str, str | None]:
         "format": fmt,
         "quality": args.quality,
         "keep": args.keep,
+        "subjects": args.subjects,
         "keep_islands": "true" if args.keep_islands else None,
         "keep_metadata": "true" if args.keep_metadata else None,
     }
@@ -198,46 +205,58 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _models(args: argparse.Namespace, settings: Settings) -> int:
     from backdrop.models.fetch import cached_path, resolve_model_file
-    from backdrop.models.registry import MODELS, get_model
+    from backdrop.models.registry import MODELS, PEOPLE_MODELS, catalog
 
+    files = catalog()
     if args.models_command == "list":
         rows: list[dict] = []
-        for spec in MODELS.values():
-            files = [
+        for name, spec in (*MODELS.items(), *PEOPLE_MODELS.items()):
+            rows.append(
                 {
-                    "variant": v.name,
-                    "file": v.file.file_name,
-                    "input": f"{v.input_width}x{v.input_height}",
-                    "sha256": v.file.sha256,
-                    "cached": str(cached_path(v.file, settings) or ""),
-                    "sources": [s.describe() for s in v.file.sources],
+                    "name": name,
+                    "description": spec.description,
+                    "classes": getattr(spec, "classes", ()),
+                    "files": [
+                        {
+                            "variant": f.part,
+                            "file": f.file.file_name,
+                            "input": f.input,
+                            "sha256": f.file.sha256,
+                            "cached": str(cached_path(f.file, settings) or ""),
+                            "sources": [s.describe() for s in f.file.sources],
+                        }
+                        for f in files
+                        if f.model == name
+                    ],
                 }
-                for v in spec.variants
-            ]
-            rows.append({"name": spec.name, "description": spec.description, "classes": spec.classes, "files": files})
+            )
         if args.json:
             print(json.dumps({"cache": str(settings.model_dir), "models": rows}, indent=2))
             return EXIT_OK
         print(f"model cache: {settings.model_dir}  (BACKDROP_MODEL_DIR)")
         for row in rows:
             print(f"{row['name']}: {row['description']}")
-            print(f"  classes: {', '.join(row['classes'])}")
+            if row["classes"]:
+                print(f"  classes: {', '.join(row['classes'])}")
             for f in row["files"]:
                 state = f"cached at {f['cached']}" if f["cached"] else "not cached (run: backdrop models fetch)"
                 print(f"  {f['variant']:<10} {f['input']:>8}  {f['file']}  {state}")
         return EXIT_OK
 
-    names = list(MODELS) if args.all or not args.names else args.names
+    known = {f.model for f in files}
+    names = sorted(known, key=[f.model for f in files].index) if args.all or not args.names else args.names
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"unknown model {unknown[0]!r}; known models: {', '.join(sorted(known))}")
     failures = 0
-    for name in names:
-        for variant in get_model(name).variants:
-            try:
-                path = resolve_model_file(variant.file, settings)
-            except ModelUnavailable as exc:
-                failures += 1
-                print(f"backdrop: {exc.message}", file=sys.stderr)
-                continue
-            print(f"{name}/{variant.name}: {path}")
+    for entry in (f for name in names for f in files if f.model == name):
+        try:
+            path = resolve_model_file(entry.file, settings)
+        except ModelUnavailable as exc:
+            failures += 1
+            print(f"backdrop: {exc.message}", file=sys.stderr)
+            continue
+        print(f"{entry.model}/{entry.part}: {path}")
     return EXIT_MODEL if failures else EXIT_OK
 
 
@@ -515,7 +534,7 @@ def _live(args: argparse.Namespace, settings: Settings) -> int:
 
     with live, tempfile.TemporaryDirectory(prefix="backdrop-live-") as scratch:
         wanted = {"effect": args.effect, "strength": args.strength, "bokeh": args.bokeh, "targets": args.targets,
-                  "color": args.color, "background": args.background}  # fmt: skip
+                  "subjects": args.subjects, "color": args.color, "background": args.background}  # fmt: skip
         try:
             live.configure(**wanted)
         except ApiError as exc:

@@ -340,7 +340,7 @@ class Client:
     ) -> Job:
         """Queue a job for a photo or a video (told apart by content). ``params`` are the API's form
         fields: effect, strength, bokeh, targets (str or list), model, color, format, quality, keep,
-        keep_islands, keep_metadata."""
+        subjects, keep_islands, keep_metadata."""
         field, upload = _media(media)
         files: dict[str, tuple[str, bytes | BinaryIO]] = {field: upload}
         if background is not None:
@@ -420,7 +420,7 @@ class LiveClient:
         self._connection.__exit__(None, None, None)
 
     def configure(self, **settings: Any) -> dict[str, Any]:
-        """Send settings (effect, strength, bokeh, color, targets, keep, quality, format, and background as
+        """Send settings (effect, strength, bokeh, color, targets, keep, subjects, quality, format, and background as
         bytes, a ``Path``, or a data URL); returns those in force. Raises :class:`InvalidRequest` for a bad
         one."""
         if "background" in settings and not isinstance(settings["background"], str | type(None)):

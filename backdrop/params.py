@@ -42,6 +42,13 @@ class Keep(StrEnum):
     HELD = "held"  # also objects in contact with a target: a held book or bottle, the bike ridden, the chair sat on
 
 
+class Subjects(StrEnum):
+    """Which of the people (or target objects) found are the subject."""
+
+    MAIN = "main"  # the most prominent one and those with them (same depth, in focus); others are background
+    ALL = "all"  # everyone the models see
+
+
 class MediaKind(StrEnum):
     IMAGE = "image"
     VIDEO = "video"
@@ -142,12 +149,13 @@ class JobParams:
     format: OutputFormat | VideoFormat | None = None
     quality: int = 90
     keep: Keep = Keep.TARGETS
+    subjects: Subjects = Subjects.MAIN
     keep_islands: bool = False
     keep_metadata: bool = False
 
     FIELDS = (
         "effect", "strength", "bokeh", "targets", "model", "color", "format", "quality", "keep",
-        "keep_islands", "keep_metadata",
+        "subjects", "keep_islands", "keep_metadata",
     )  # fmt: skip
 
     @classmethod
@@ -175,6 +183,8 @@ class JobParams:
             kwargs["quality"] = _int_in_range("quality", given["quality"], 1, 100)
         if "keep" in given:
             kwargs["keep"] = _choice(Keep, "keep", given["keep"])
+        if "subjects" in given:
+            kwargs["subjects"] = _choice(Subjects, "subjects", given["subjects"])
         for flag in ("keep_islands", "keep_metadata"):
             if flag in given:
                 kwargs[flag] = _bool(flag, given[flag])
@@ -228,6 +238,7 @@ class JobParams:
             "format": self.format.value if self.format else None,
             "quality": self.quality,
             "keep": self.keep.value,
+            "subjects": self.subjects.value,
             "keep_islands": self.keep_islands,
             "keep_metadata": self.keep_metadata,
         }

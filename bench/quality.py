@@ -1,12 +1,21 @@
-"""Mask quality against reference masks: the default pipeline against the one-pass baseline, in one run.
+"""Mask quality against reference masks: the default pipeline against its views and the one-pass
+baseline, in one run; and masks of clips (fast motion, small figures).
 
 Scores follow ../shared/eval/person-masks/README.md exactly (backdrop.evaluation): mean and 10th
-percentile IoU, boundary F, MAE. The photos are split into two halves, A and B (every other
-photo by number), printed apart: tune on one, check on the other. Prints a per-photo table, writes the worst five
-as a contact sheet (photo | reference | ours | baseline) and a strip of frames from the shared clips
-(frame | matte | blur) for eyes on real scenes.
+percentile IoU, boundary F, MAE. The photos are split into two halves, A and B (every other photo by
+number), printed apart: tune on one, check on the other. Printed: a per-photo table; the default (all
+views fused, subjects=main) against the selfie view alone (BACKDROP_FULL_BODY=false), the full-body view
+alone (on the photos where it ran, with the others on the same photos), subjects=all, and the one-pass
+baseline. Written to --out: the worst five (photo | reference | ours | baseline), the photos where the
+subject choice changed the mask (photo | subjects=all | main | reference), frames of the shared clips
+(frame | matte | blur), and with --clips a strip of small figures at 432x240 (scene | matte).
 
-    .venv/bin/python bench/quality.py [--eval ../shared/eval] [--out var/quality] [--only 52,48]
+With --clips: each shared clip's first frames as a video against the same frames as stills (flicker and
+IoU, the worst frame included), and four people at once in a 432x240 clip (four tiles of the juggler,
+each a quarter-second apart): how often each is found (IoU 0.5 or more in their tile against the matte
+their full-resolution frame gets as a still), with and without the full-body view.
+
+    .venv/bin/python bench/quality.py [--eval ../shared/eval] [--out var/quality] [--only 52,48] [--clips]
 """
 
 from __future__ import annotations
@@ -20,13 +29,21 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from backdrop.evaluation import MaskScore, score_matte
-from backdrop.params import JobParams
-from backdrop.pipeline import Pipeline
+from backdrop.evaluation import MaskScore, flicker, score_matte
+from backdrop.params import JobParams, Subjects
+from backdrop.pipeline import PREVIEW_LONG_SIDE, Pipeline
+from backdrop.pipeline.geometry import make_preview
+from backdrop.pipeline.people import on_grid
+from backdrop.pipeline.refine import refine_alpha
+from backdrop.pipeline.subject import work_size
 from backdrop.settings import Settings
+from backdrop.video.media import VideoSource
+from backdrop.video.temporal import TemporalState
 
 ROOT = Path(__file__).resolve().parent.parent
 SHEET_HEIGHT = 200
+SMALL_SCENE = (432, 240)  # four people in 2x2 tiles of 216x120
+CLIP_FRAMES = 120
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,21 @@ def score_set(pipeline: Pipeline, pairs: list[tuple[str, np.ndarray, np.ndarray]
         matte, ms = matte_of(pipeline, photo, params)
         scored.append(Scored(name, score_matte(matte, reference), matte, ms))
     return scored
+
+
+def full_body_only(pipeline: Pipeline, photo: np.ndarray) -> np.ndarray | None:
+    """The matte made from the full-body view alone (the people's own segmentations, through the same
+    trimap matte), or None when the landmark model did not run on this photo (a close-up)."""
+    preview = make_preview(photo, PREVIEW_LONG_SIDE)
+    people, _ = pipeline.find_people(preview)
+    work_w, work_h = work_size(preview.shape[1], preview.shape[0])
+    scale = work_w / preview.shape[1]
+    bodies = [on_grid(p, scale, work_w, work_h).segmentation for p in people if p.pose is not None]
+    if not bodies:
+        return None
+    probability = np.maximum.reduce(bodies)
+    model_pixel = max(p.pose.region.size for p in people if p.pose is not None) / 256
+    return refine_alpha(probability, photo, preview, model_pixel=model_pixel).full
 
 
 def summary(scored: list[Scored]) -> str:
@@ -113,35 +145,134 @@ def clip_strip(pipeline: Pipeline, clips: list[Path], out: Path) -> None:
         print(f"frames of the shared clips: {out}")
 
 
+def tile_iou(matte: np.ndarray, truth: np.ndarray) -> float:
+    return score_matte(matte, truth).iou
+
+
+def clip_frames(clip: Path, count: int) -> list[np.ndarray]:
+    with VideoSource(clip) as video:
+        return [frame.image for _, frame in zip(range(count), video.frames(), strict=False)]
+
+
+def fast_motion(pipeline: Pipeline, clips: list[Path]) -> None:
+    """Each clip's first frames as a video against the same frames as stills."""
+    mask = JobParams.parse({"effect": "mask"})
+    print(f"\nclips, first {CLIP_FRAMES} frames as a video against the same frames as stills:")
+    print(f"{'clip':>32} {'flicker stills':>14} {'video':>8} {'ratio':>6} {'IoU mean':>9} {'lowest':>7}")
+    for clip in clips:
+        frames = clip_frames(clip, CLIP_FRAMES)
+        stills = [pipeline.process_frame(frame, mask).rendered for frame in frames]
+        history = TemporalState()
+        video = [pipeline.process_frame(frame, mask, history=history).rendered for frame in frames]
+        ious = [tile_iou(v, s) for v, s in zip(video, stills, strict=True)]
+        still_flicker, video_flicker = flicker(frames, stills), flicker(frames, video)
+        print(
+            f"{clip.name:>32} {still_flicker:14.4f} {video_flicker:8.4f} {video_flicker / still_flicker:6.2f} "
+            f"{statistics.fmean(ious):9.3f} {min(ious):7.3f}"
+        )
+
+
+def small_figures(settings: Settings, clip: Path, out: Path) -> None:
+    """Four people at once in a 432x240 clip: the juggler in 2x2 tiles, each a quarter-second apart."""
+    frames = clip_frames(clip, CLIP_FRAMES)
+    offsets = (0, 6, 12, 18)
+    count = len(frames) - max(offsets)
+    tile_w, tile_h = SMALL_SCENE[0] // 2, SMALL_SCENE[1] // 2
+    mask = JobParams.parse({"effect": "mask"})
+    reference_pipeline = Pipeline(settings)
+    truth = [
+        cv2.resize(
+            reference_pipeline.process_frame(frame, mask).rendered, (tile_w, tile_h), interpolation=cv2.INTER_AREA
+        )
+        for frame in frames
+    ]
+    small = [cv2.resize(frame, (tile_w, tile_h), interpolation=cv2.INTER_AREA) for frame in frames]
+
+    def scene(t: int) -> tuple[np.ndarray, np.ndarray]:
+        tiles = [small[t + o] for o in offsets]
+        truths = [truth[t + o] for o in offsets]
+        return (
+            np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])]),
+            np.vstack([np.hstack(truths[:2]), np.hstack(truths[2:])]),
+        )
+
+    print(f"\nfour people at {SMALL_SCENE[0]}x{SMALL_SCENE[1]} (2x2 tiles of the juggler), {count} frames as a clip:")
+    strip = []
+    for label, full_body in (("default", True), ("without the full-body view", False)):
+        pipeline = Pipeline(replace(settings, full_body=full_body))
+        history = TemporalState()
+        found = np.zeros(4, int)
+        ious = []
+        for t in range(count):
+            picture, reference = scene(t)
+            matte = pipeline.process_frame(picture, mask, history=history).rendered
+            for index in range(4):
+                r, c = divmod(index, 2)
+                region = (slice(r * tile_h, (r + 1) * tile_h), slice(c * tile_w, (c + 1) * tile_w))
+                iou = tile_iou(matte[region], reference[region])
+                ious.append(iou)
+                found[index] += iou >= 0.5
+            if full_body and t % (count // 4) == 0:
+                strip.append(row(picture, gray(matte)))
+        rates = " ".join(f"{100 * f / count:5.1f}%" for f in found)
+        print(f"{label:>28}: found per person {rates}; tile IoU mean {statistics.fmean(ious):.3f}")
+    cv2.imwrite(str(out), sheet(strip))
+    print(f"small figures (scene | matte): {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--eval", type=Path, default=ROOT.parent / "shared" / "eval")
     parser.add_argument("--out", type=Path, default=ROOT / "var" / "quality")
     parser.add_argument("--only", help="comma-separated photo numbers")
     parser.add_argument("--keep", default="targets", help="the keep parameter (targets or held)")
-    parser.add_argument("--no-clips", action="store_true")
+    parser.add_argument("--no-clips", action="store_true", help="no strip of the shared clips' frames")
+    parser.add_argument("--clips", action="store_true", help="also the clip checks (fast motion, small figures)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     settings = replace(Settings.from_env(), threads=2)
     pairs = load_pairs(args.eval / "person-masks", set(args.only.split(",")) if args.only else None)
     params = JobParams.parse({"effect": "mask", "keep": args.keep})
-    default = score_set(Pipeline(settings), pairs, params)
-    baseline = score_set(Pipeline(replace(settings, closer_look=False, segment_views=False)), pairs, params)
+    pipeline = Pipeline(settings)
+    default = score_set(pipeline, pairs, params)
+    selfie = score_set(Pipeline(replace(settings, full_body=False)), pairs, params)
+    everyone = score_set(pipeline, pairs, replace(params, subjects=Subjects.ALL))
+    baseline = score_set(
+        Pipeline(replace(settings, closer_look=False, segment_views=False, full_body=False)), pairs, params
+    )
+    bodies = []
+    for ours, view, (name, photo, reference) in zip(default, selfie, pairs, strict=True):
+        matte = full_body_only(pipeline, photo)
+        if matte is not None:
+            bodies.append((Scored(name, score_matte(matte, reference), matte, 0.0), ours, view))
 
-    print(f"{'photo':>6} {'size':>9} {'IoU':>6} {'bF':>6} {'MAE':>7} | {'base IoU':>8} {'bF':>6} {'MAE':>7}")
-    for ours, base, (_, photo, _) in zip(default, baseline, pairs, strict=True):
+    header = f"{'photo':>6} {'size':>9} {'IoU':>6} {'bF':>6} {'MAE':>7} | {'selfie':>6} | {'body':>6} | {'base IoU':>8}"
+    print(header)
+    body_of = {b.name: b for b, _, _ in bodies}
+    for ours, view, base, (_, photo, _) in zip(default, selfie, baseline, pairs, strict=True):
         size = f"{photo.shape[1]}x{photo.shape[0]}"
+        body = f"{body_of[ours.name].score.iou:6.3f}" if ours.name in body_of else f"{'-':>6}"
         print(
             f"{ours.name:>6} {size:>9} {ours.score.iou:6.3f} {ours.score.boundary_f:6.3f} {ours.score.mae:7.4f} | "
-            f"{base.score.iou:8.3f} {base.score.boundary_f:6.3f} {base.score.mae:7.4f}"
+            f"{view.score.iou:6.3f} | {body} | {base.score.iou:8.3f}"
         )
     print()
-    for label, scored in (("default", default), ("one-pass baseline", baseline)):
-        print(f"{label:>18}: {summary(scored)}")
+    rows_of = (
+        ("default (fused)", default),
+        ("selfie view", selfie),
+        ("subjects=all", everyone),
+        ("one-pass baseline", baseline),
+    )
+    for label, scored in rows_of:
+        print(f"{label:>26}: {summary(scored)}")
         for parity, name in ((0, "half A"), (1, "half B")):
             if half(scored, parity):
-                print(f"{name:>18}: {summary(half(scored, parity))}")
+                print(f"{name:>26}: {summary(half(scored, parity))}")
+    if bodies:
+        print(f"\non the {len(bodies)} photos where the landmark model ran:")
+        for label, column in (("full-body view alone", 0), ("default (fused)", 1), ("selfie view", 2)):
+            print(f"{label:>26}: {summary([b[column] for b in bodies])}")
 
     worst = sorted(zip(default, baseline, pairs, strict=True), key=lambda t: t[0].score.iou)[:5]
     rows = [
@@ -150,9 +281,22 @@ def main() -> None:
     cv2.imwrite(str(args.out / "worst.png"), sheet(rows))
     names = ", ".join(w[0].name for w in worst)
     print(f"\nworst five (photo | reference | ours | one-pass): {args.out / 'worst.png'}  ({names})")
+    changed = [
+        (ours, every, pair)
+        for ours, every, pair in zip(default, everyone, pairs, strict=True)
+        if score_matte(ours.matte, every.matte >= 128).iou < 0.99
+    ]
+    if changed:
+        rows = [row(photo, gray(every.matte), gray(ours.matte), gray(ref)) for ours, every, (_, photo, ref) in changed]
+        cv2.imwrite(str(args.out / "subjects.png"), sheet(rows))
+        names = ", ".join(c[0].name for c in changed)
+        print(f"subject choice changed (photo | all | main | reference): {args.out / 'subjects.png'}  ({names})")
+    clips = sorted(p for p in (args.eval / "videos").iterdir() if p.suffix in (".mp4", ".mkv"))
     if not args.no_clips:
-        clips = sorted(p for p in (args.eval / "videos").iterdir() if p.suffix in (".mp4", ".mkv"))
-        clip_strip(Pipeline(settings), clips, args.out / "clips.png")
+        clip_strip(pipeline, clips, args.out / "clips.png")
+    if args.clips:
+        fast_motion(pipeline, clips)
+        small_figures(settings, args.eval / "videos" / "juggle-720p.mp4", args.out / "small-figures.png")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from backdrop.settings import Settings
 from backdrop.video.temporal import TemporalState
 
 # The job parameters a live session takes (a frame has no metadata; its effects: LIVE_EFFECTS).
-SETTING_FIELDS = ("effect", "strength", "bokeh", "color", "targets", "model", "keep", "quality")
+SETTING_FIELDS = ("effect", "strength", "bokeh", "color", "targets", "model", "keep", "subjects", "quality")
 LIVE_FORMATS = {"jpeg": OutputFormat.JPEG, "jpg": OutputFormat.JPEG, "webp": OutputFormat.WEBP}
 _DATA_URL = re.compile(r"data:[\w/+.-]*;base64,", re.IGNORECASE)
 
@@ -79,7 +79,8 @@ class LiveSession:
             background = self._background(message["background"])
         if params.effect is Effect.REPLACE and background is None:
             raise ParameterError("background", "effect replace needs a background image first (a data URL)")
-        if (params.targets, params.model, params.keep) != (self.params.targets, self.params.model, self.params.keep):
+        subject = (params.targets, params.model, params.keep, params.subjects)
+        if subject != (self.params.targets, self.params.model, self.params.keep, self.params.subjects):
             self.history = TemporalState()  # another subject: nothing of the last one carries over
         self.params, self.output, self.background = params, output, background
         return self.current()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from backdrop.models.registry import MODELS
+from backdrop.models.registry import catalog
 from backdrop.settings import Settings
 from tests.conftest import encode_rgb
 
@@ -56,7 +56,7 @@ def fresh_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_make_install_fills_the_cache_the_cli_reads(fresh_install):
     cache = fresh_install / ".cache" / "backdrop" / "models"
-    expected = {v.file.file_name for spec in MODELS.values() for v in spec.variants}
+    expected = {entry.file.file_name for entry in catalog()}
     assert {p.name for p in cache.iterdir()} >= expected
     listing = subprocess.run(
         [str(BACKDROP), "models", "list"], env=user_env(fresh_install), capture_output=True, text=True, check=False

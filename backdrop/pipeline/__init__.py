@@ -10,22 +10,47 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cache
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from backdrop.engines import Engine, load_engine
+from backdrop.engines import Engine, MultiOutputEngine, load_engine
 from backdrop.engines.batching import BatchingEngine
 from backdrop.errors import JobTimeout, ParameterError
 from backdrop.models.fetch import resolve_model_file
-from backdrop.models.registry import ModelSpec, ModelVariant, get_model, register_frozen_deeplab
-from backdrop.params import Effect, JobParams, Keep, OutputFormat
+from backdrop.models.registry import (
+    PEOPLE_MODELS,
+    DetectorSpec,
+    ModelSpec,
+    ModelVariant,
+    PoseSpec,
+    get_model,
+    register_frozen_deeplab,
+)
+from backdrop.params import Effect, JobParams, Keep, OutputFormat, Subjects
+from backdrop.pipeline.choice import choose_regions, settle_subjects
 from backdrop.pipeline.effects import apply_effect
 from backdrop.pipeline.geometry import make_preview
 from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.pipeline.metadata import attach_exif, upright_exif
+from backdrop.pipeline.people import (
+    Detection,
+    Person,
+    Pose,
+    Region,
+    anchor_centers,
+    detector_input,
+    find_people,
+    full_body_view,
+    on_grid,
+    pose_input,
+    read_detections,
+    read_pose,
+    separate_people,
+)
 from backdrop.pipeline.pixels import pixel_ops
 from backdrop.pipeline.refine import Alpha, clean_probability, refine_alpha
 from backdrop.pipeline.segment import Segmentation, probability_over_views, segment, segment_many
@@ -88,15 +113,18 @@ class ProcessResult:
 @dataclass(frozen=True)
 class SubjectMap:
     """What the segmentation stage found: ``probability`` (work resolution, float32 0-1) that a pixel is
-    the subject, the share of the photo each target covers, the model and variant of the first pass, and
-    how many closer looks were taken. ``model_pixel``: the size of one first-pass model pixel in
-    preview pixels (how coarse the first pass saw the photo)."""
+    the subject, the share of the photo each target covers, the model and variant of the first pass, how
+    many closer looks were taken, and the people found and chosen. ``model_pixel``: the size of one
+    first-pass model pixel in preview pixels (how coarse the first pass saw the photo)."""
 
     probability: np.ndarray
     detected: dict[str, float]
     model: str
     model_pixel: float
     looks: int = 0
+    # The people found (preview pixels) and which of them are subjects (person targets only).
+    people: tuple[Person, ...] = ()
+    subjects: tuple[bool, ...] = ()
 
 
 class FrameHistory(Protocol):
@@ -204,11 +232,63 @@ class Pipeline:
                 self.engine_loads += 1
             return engine
 
+    def people_engine(self, spec: DetectorSpec | PoseSpec) -> MultiOutputEngine:
+        """The engine of a people model (always LiteRT: these models are small, and their sparse weights
+        are not among the ops the TensorFlow engine rebuilds)."""
+        name = spec.file.file_name
+        with self._lock:
+            engine = self._engines.get(name)
+            if engine is None:
+                path = resolve_model_file(spec.file, self.settings)
+                engine = load_engine("litert", path, threads=self.settings.threads)
+                self._engines[name] = engine
+                self.engine_loads += 1
+        return engine  # type: ignore[return-value]
+
     def preload(self, model_names: Iterable[str]) -> None:
         for name in model_names:
             spec = get_model(name)
             for variant in spec.variants:
                 self.engine_for(variant, spec)
+            if self.settings.full_body and "person" in spec.classes:
+                for people_spec in PEOPLE_MODELS.values():
+                    self.people_engine(people_spec)
+
+    def detect(self, spec: DetectorSpec, image: np.ndarray) -> list[Detection]:
+        """What a detector finds in the BGR ``image`` (image pixels)."""
+        tensor, letterbox = detector_input(image, spec)
+        boxes, scores = self.people_engine(spec).run_outputs(tensor[None])[:2]
+        return read_detections(boxes[0], scores[0], spec, _anchors(spec), letterbox)
+
+    def look_at(self, image: np.ndarray, region: Region) -> Pose:
+        """The pose landmark model on one region of the BGR ``image``."""
+        spec = _pose_spec()
+        landmarks, presence, segmentation = self.people_engine(spec).run_outputs(pose_input(image, region, spec)[None])[
+            :3
+        ]
+        return read_pose(landmarks[0], presence[0], segmentation[0], region, spec)
+
+    def find_people(self, preview: np.ndarray, history: FrameHistory | None = None) -> tuple[list[Person], bool]:
+        """The people in ``preview`` (faces, bodies, their full-body segmentation: see ``people``), and
+        whether the detectors ran for them. With a ``history``, the detectors run every few frames and
+        the landmark model follows the people between."""
+        detectors = _detectors_key(preview)
+        detections = history.recall(detectors) if history is not None else None
+        tracked = history.recall(_tracked_key(preview)) if history is not None else None
+        if detections is not None and tracked is None:
+            detections = None  # the last frame's people are gone from memory: look afresh
+        people, found = find_people(
+            preview,
+            _pose_spec(),
+            lambda image: self.detect(_face_spec(), image),
+            lambda image: self.detect(_pose_detector_spec(), image),
+            self.look_at,
+            tracked=tracked,
+            detections=detections,
+        )
+        if history is not None and detections is None:
+            history.remember(detectors, found)
+        return people, detections is None
 
     def _segment(
         self,
@@ -344,6 +424,25 @@ class Pipeline:
             probability = _objects_kept_or_not(
                 probability, knowing, knowing_spec(spec), params, scale, first if confirming else None
             )
+        people: list[Person] = []
+        choice = None
+        if "person" in targets and self.settings.full_body:
+            people, fresh = self.find_people(preview, history)
+            scale = work_w / width
+            people = [on_grid(person, scale, work_w, work_h) for person in people]
+            probability = full_body_view(probability, people)
+            probability = separate_people(probability, people, scale, margin=2 * work_w / first.probability.shape[1])
+            gray = cv2.cvtColor(preview, cv2.COLOR_BGR2GRAY)
+            probability, people, choice = settle_subjects(
+                probability, people, gray, scale, params.subjects, fresh=fresh
+            )
+            if history is not None:
+                chosen = zip(people, choice.subjects, strict=True)
+                tracked = [replace(person, segmentation=None, was_subject=subject) for person, subject in chosen]
+                history.remember(_tracked_key(preview), tracked)
+        if params.subjects is Subjects.MAIN and "person" not in targets:
+            chosen = choose_regions(probability >= 0.5, params.subjects)
+            probability = np.where(chosen | (probability < 0.5), probability, 0.0).astype(np.float32)
         if history is not None:
             probability = history.smooth(probability, small)
         kept = probability >= 0.5
@@ -355,6 +454,8 @@ class Pipeline:
             model=f"{spec.name}/{variant.name}",
             model_pixel=width / first.probability.shape[1],
             looks=len(looks),
+            people=tuple(people),
+            subjects=choice.subjects if choice is not None else (),
         )
 
     def process_frame(
@@ -433,6 +534,33 @@ class Pipeline:
             found=frame.found,
             timings_ms=clock.timings_ms,
         )
+
+
+@cache
+def _anchors(spec: DetectorSpec) -> np.ndarray:
+    return anchor_centers(spec.anchors)
+
+
+def _face_spec() -> DetectorSpec:
+    return PEOPLE_MODELS["face-detector"]  # type: ignore[return-value]
+
+
+def _pose_detector_spec() -> DetectorSpec:
+    return PEOPLE_MODELS["pose-detector"]  # type: ignore[return-value]
+
+
+def _pose_spec() -> PoseSpec:
+    return PEOPLE_MODELS["pose-landmarks"]  # type: ignore[return-value]
+
+
+def _detectors_key(preview: np.ndarray) -> str:
+    """What a sequence remembers of its detectors' last run (per frame size: a camera may change it)."""
+    return f"people {preview.shape[1]}x{preview.shape[0]}"
+
+
+def _tracked_key(preview: np.ndarray) -> str:
+    """What a sequence remembers of the last frame's people."""
+    return f"{_detectors_key(preview)} tracked"
 
 
 def _resized_mask(mask: np.ndarray, width: int, height: int) -> np.ndarray:
