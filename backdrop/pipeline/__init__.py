@@ -42,6 +42,7 @@ from backdrop.pipeline.people import (
     Pose,
     Region,
     anchor_centers,
+    bodies_of,
     detector_input,
     find_people,
     full_body_view,
@@ -50,6 +51,7 @@ from backdrop.pipeline.people import (
     read_detections,
     read_pose,
     separate_people,
+    unconfirmed_regions,
 )
 from backdrop.pipeline.pixels import pixel_ops
 from backdrop.pipeline.refine import Alpha, clean_probability, refine_alpha
@@ -135,6 +137,10 @@ class FrameHistory(Protocol):
         ...
 
     def remember(self, step: str, value: Any) -> None: ...
+
+    def previous(self) -> np.ndarray | None:
+        """The last frame's smoothed probability (None before the first frame)."""
+        ...
 
     def smooth(self, probability: np.ndarray, preview: np.ndarray) -> np.ndarray:
         """This frame's probability smoothed with the sequence's; moves on to the next frame."""
@@ -268,10 +274,13 @@ class Pipeline:
         ]
         return read_pose(landmarks[0], presence[0], segmentation[0], region, spec)
 
-    def find_people(self, preview: np.ndarray, history: FrameHistory | None = None) -> tuple[list[Person], bool]:
+    def find_people(
+        self, preview: np.ndarray, history: FrameHistory | None = None, hints: list[Region] | None = None
+    ) -> tuple[list[Person], bool]:
         """The people in ``preview`` (faces, bodies, their full-body segmentation: see ``people``), and
-        whether the detectors ran for them. With a ``history``, the detectors run every few frames and
-        the landmark model follows the people between."""
+        whether the detectors ran for them. ``hints``: regions where someone may be whom the detectors
+        miss. With a ``history``, the detectors run every few frames and the landmark model follows the
+        people between."""
         detectors = _detectors_key(preview)
         detections = history.recall(detectors) if history is not None else None
         tracked = history.recall(_tracked_key(preview)) if history is not None else None
@@ -285,6 +294,7 @@ class Pipeline:
             self.look_at,
             tracked=tracked,
             detections=detections,
+            hints=hints,
         )
         if history is not None and detections is None:
             history.remember(detectors, found)
@@ -409,9 +419,22 @@ class Pipeline:
             if confirming is None:  # the job's model names every class: its own masks are current
                 class_masks = {t: _resized_mask(m, work_w, work_h) for t, m in first.class_masks.items()}
         any_target = np.logical_or.reduce(list(class_masks.values()))
+        if history is not None and (last := history.previous()) is not None and last.shape == any_target.shape:
+            # What the last frame kept was confirmed: between refreshes the confirming masks are older,
+            # and someone walking moves off them.
+            any_target = any_target | (last >= 0.5)
         probability = look_closer(
             probability, looks, preview, lambda crop: self._segment(spec, crop, targets, views=views).probability
         )
+        people: list[Person] = []
+        fresh, with_people = True, "person" in targets and self.settings.full_body
+        to_work = work_w / width  # work pixels per preview pixel
+        if with_people:
+            # Small people the confirming model cannot see (a child far off) get a landmark pass instead.
+            hints = unconfirmed_regions(probability, looks, any_target, to_work) if confirming is not None else []
+            people, fresh = self.find_people(preview, history, hints)
+            people = [on_grid(person, to_work, work_w, work_h) for person in people]
+            any_target = any_target | bodies_of(people)
         scale = work_w / first.probability.shape[1]  # work pixels per first-pass model pixel
         probability = clean_probability(
             probability,
@@ -424,17 +447,13 @@ class Pipeline:
             probability = _objects_kept_or_not(
                 probability, knowing, knowing_spec(spec), params, scale, first if confirming else None
             )
-        people: list[Person] = []
         choice = None
-        if "person" in targets and self.settings.full_body:
-            people, fresh = self.find_people(preview, history)
-            scale = work_w / width
-            people = [on_grid(person, scale, work_w, work_h) for person in people]
+        if with_people:
             probability = full_body_view(probability, people)
-            probability = separate_people(probability, people, scale, margin=2 * work_w / first.probability.shape[1])
+            probability = separate_people(probability, people, to_work, margin=2 * scale)
             gray = cv2.cvtColor(preview, cv2.COLOR_BGR2GRAY)
             probability, people, choice = settle_subjects(
-                probability, people, gray, scale, params.subjects, fresh=fresh
+                probability, people, gray, to_work, params.subjects, fresh=fresh
             )
             if history is not None:
                 chosen = zip(people, choice.subjects, strict=True)

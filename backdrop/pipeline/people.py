@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from backdrop.models.registry import AnchorGrid, DetectorSpec, PoseSpec
+from backdrop.pipeline.subject import Box
 
 # A region's full-body segmentation is used where its model pixel is at most this many times the
 # whole-photo pass's (region width / the photo's long side): chosen on the reference photos' half A
@@ -44,6 +45,10 @@ HOLE_MIN_SHARE = 0.002
 # Where a person has no segmentation of their own, this box around the face stands for them when pixels
 # are shared out: face widths to either side, above and below the face.
 HEAD_AND_TORSO = (1.2, 0.3, 3.0)
+# A closer look's find is confirmed when this share of it lies on the confirming model's mask; else the
+# landmark model is asked (a region a quarter larger than what was found, upright).
+HINT_SEEN_SHARE = 0.25
+HINT_ENLARGE = 1.25
 # Between two people, background is what both their full-body segmentations put under this probability.
 GAP_MAX_PROBABILITY = 0.1
 # A fresh detection is the same person as a tracked one when their regions overlap this much (IoU).
@@ -164,13 +169,16 @@ def find_people(
     *,
     tracked: list[Person] | None = None,
     detections: tuple[list[Detection], list[Detection]] | None = None,
+    hints: list[Region] | None = None,
 ) -> tuple[list[Person], tuple[list[Detection], list[Detection]]]:
     """The people in ``image`` (BGR) and the detections they came from (faces, poses).
 
     Without ``detections`` the detectors run (the pose detector only where ``needs_poses``); with them
     (a frame between two runs of the detectors), the ``tracked`` people of the last frame are followed:
     the landmark model looks where their pose said they would be. A person whose region would be too
-    coarse for the full-body view keeps their face and region without a landmark pass."""
+    coarse for the full-body view keeps their face and region without a landmark pass. ``hints``: more
+    regions to look at with the landmark model when the detectors run (where the subject probability
+    shows someone they may be too small for); kept where it sees a person."""
     height, width = image.shape[:2]
     fresh = detections is None
     if detections is None:
@@ -182,6 +190,12 @@ def find_people(
         ]
         matched = {id(person.face) for person in candidates if person.face is not None}
         candidates += [Person(face=face) for face in faces if id(face) not in matched]
+        regions = [person.region for person in candidates if person.region is not None]
+        candidates += [
+            Person(region=_tracked_region(hint, tracked))
+            for hint in hints or []
+            if all(hint.overlap(region) <= TRACK_OVERLAP for region in regions)
+        ]
         candidates = [_with_history(person, tracked) for person in candidates]
         detections = (faces, poses)
     else:
@@ -450,6 +464,37 @@ def seed_of(person: Person, width: int, height: int, scale: float) -> np.ndarray
     return seed > 0
 
 
+def unconfirmed_regions(probability: np.ndarray, looks: list[Box], evidence: np.ndarray, scale: float) -> list[Region]:
+    """Where the closer looks found someone the confirming model does not see (a person too small for it):
+    for each look whose subject pixels (``probability`` at 0.5, work resolution) lie mostly off
+    ``evidence`` (dilated by two pixels), an upright region around them as the landmark model expects one
+    (a quarter larger than their height), in image pixels (``scale``: work pixels per image pixel)."""
+    subject = probability >= 0.5
+    near = cv2.dilate(evidence.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    regions = []
+    for look in looks:
+        inside = subject[look.y0 : look.y1, look.x0 : look.x1]
+        count = np.count_nonzero(inside)
+        if (
+            not count
+            or np.count_nonzero(inside & near[look.y0 : look.y1, look.x0 : look.x1]) >= HINT_SEEN_SHARE * count
+        ):
+            continue
+        ys, xs = np.nonzero(inside)
+        top, bottom = look.y0 + ys.min(), look.y0 + ys.max() + 1
+        left, right = look.x0 + xs.min(), look.x0 + xs.max() + 1
+        size = max(bottom - top, right - left) * HINT_ENLARGE
+        regions.append(Region((left + right) / 2 / scale, (top + bottom) / 2 / scale, size / scale, 0.0))
+    return regions
+
+
+def bodies_of(people: list[Person]) -> np.ndarray | bool:
+    """Where the people's own segmentations are sure of them (their union on the work grid; False when
+    none has one)."""
+    bodies = [person.segmentation >= 0.5 for person in people if person.segmentation is not None]
+    return np.logical_or.reduce(bodies) if bodies else False
+
+
 def separate_people(probability: np.ndarray, people: list[Person], scale: float, margin: float) -> np.ndarray:
     """``probability`` (work resolution) with the background between people taken out: where two people's
     full-body segmentations both say background, farther than ``margin`` work pixels from either body,
@@ -461,13 +506,21 @@ def separate_people(probability: np.ndarray, people: list[Person], scale: float,
     sure = [body >= 0.5 for body in bodies]
     anyone = np.maximum.reduce(bodies)
     near = cv2.dilate(np.logical_or.reduce(sure).astype(np.uint8), _disc(margin)) > 0
+    # Only a region of the probability that runs from one of the two into the other is a bridge to cut: a
+    # separate region between them is someone else.
+    count, labels = cv2.connectedComponents((probability >= 0.5).astype(np.uint8), connectivity=8)
+    touched = [np.bincount(labels[mask], minlength=count) > 0 for mask in sure]
     between = np.zeros(probability.shape, np.uint8)
     for i in range(len(sure)):
         for j in range(i + 1, len(sure)):
-            points = cv2.findNonZero((sure[i] | sure[j]).astype(np.uint8))
-            if points is None or not sure[i].any() or not sure[j].any():
+            bridges = touched[i] & touched[j]
+            bridges[0] = False
+            if not bridges.any():
                 continue
-            cv2.fillConvexPoly(between, cv2.convexHull(points), 1)
+            points = cv2.findNonZero((sure[i] | sure[j]).astype(np.uint8))
+            hull = np.zeros(probability.shape, np.uint8)
+            cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
+            between |= hull & bridges[labels]
     # Someone the landmark model did not look at (a face alone) may stand in between: not a gap.
     height, width = probability.shape
     for person in people:

@@ -51,6 +51,10 @@ class TemporalState:
     def remember(self, step: str, value: Any) -> None:
         self._remembered[step] = (self.frames, value)
 
+    def previous(self) -> np.ndarray | None:
+        """The last frame's smoothed probability (None before the first frame)."""
+        return self._probability
+
     def smooth(self, probability: np.ndarray, preview: np.ndarray) -> np.ndarray:
         """This frame's probability blended with the last one's where the picture stood still; moves on
         to the next frame."""
