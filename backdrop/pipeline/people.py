@@ -29,8 +29,9 @@ from backdrop.pipeline.subject import Box
 
 # A region's full-body segmentation is used where its model pixel is at most this many times the
 # whole-photo pass's (region width / the photo's long side): chosen on the reference photos' half A
-# (1.25-3 all score within 0.001; 1.0 and no limit lower).
-FULL_BODY_MAX_RATIO = 2.0
+# (1.25-3 all score within 0.001 mean IoU; 1.0 and no limit lower), at the low end, since the landmark
+# model costs about as much as the rest of a small photo's segmentation.
+FULL_BODY_MAX_RATIO = 1.5
 # A pose region is about this many face widths wide (median over the reference photos' people, 9-13).
 REGION_FACE_WIDTHS = 11.0
 # The landmark model's own threshold on its presence output (no activation: a score 0-1).
@@ -74,6 +75,10 @@ class Detection:
     @property
     def center(self) -> tuple[float, float]:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+    def scaled(self, factor: float) -> Detection:
+        box = tuple(value * factor for value in self.box)
+        return Detection(box, self.keypoints * factor, self.score)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
