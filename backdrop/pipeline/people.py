@@ -137,6 +137,9 @@ class Person:
     segmentation: np.ndarray | None = None
     # In a sequence of frames: whether this person was a subject on the last frame (None: new).
     was_subject: bool | None = None
+    # Found where the confirming model saw nobody (someone small): the landmark model follows them in
+    # every frame of a clip, since their segmentation is what keeps them.
+    followed: bool = False
 
     @property
     def face_width(self) -> float:
@@ -175,15 +178,18 @@ def find_people(
     tracked: list[Person] | None = None,
     detections: tuple[list[Detection], list[Detection]] | None = None,
     hints: list[Region] | None = None,
+    look_at_everyone: bool = True,
 ) -> tuple[list[Person], tuple[list[Detection], list[Detection]]]:
     """The people in ``image`` (BGR) and the detections they came from (faces, poses).
 
     Without ``detections`` the detectors run (the pose detector only where ``needs_poses``); with them
-    (a frame between two runs of the detectors), the ``tracked`` people of the last frame are followed:
-    the landmark model looks where their pose said they would be. A person whose region would be too
-    coarse for the full-body view keeps their face and region without a landmark pass. ``hints``: more
-    regions to look at with the landmark model when the detectors run (where the subject probability
-    shows someone they may be too small for); kept where it sees a person."""
+    (a frame between two runs of the detectors), the ``tracked`` people of the last frame are followed.
+    ``hints``: regions where the subject probability shows someone the confirming model does not see
+    (someone small); the people there are ``followed``. The landmark model looks at every person whose
+    region is fine enough (``worth_a_pose``), or with ``look_at_everyone=False`` (frames of a clip or a
+    live session, where it would cost too much per frame) at the followed people only, in the region
+    their last pose said they would fill; a person it looked at and did not see, with no face, is
+    dropped."""
     height, width = image.shape[:2]
     fresh = detections is None
     if detections is None:
@@ -195,12 +201,14 @@ def find_people(
         ]
         matched = {id(person.face) for person in candidates if person.face is not None}
         candidates += [Person(face=face) for face in faces if id(face) not in matched]
-        regions = [person.region for person in candidates if person.region is not None]
-        candidates += [
-            Person(region=_tracked_region(hint, tracked))
-            for hint in hints or []
-            if all(hint.overlap(region) <= TRACK_OVERLAP for region in regions)
-        ]
+        for hint in hints or []:
+            same = [
+                i for i, p in enumerate(candidates) if p.region is not None and p.region.overlap(hint) > TRACK_OVERLAP
+            ]
+            if same:
+                candidates[same[0]] = replace(candidates[same[0]], followed=True)
+            else:
+                candidates.append(Person(region=_tracked_region(hint, tracked), followed=True))
         candidates = [_with_history(person, tracked) for person in candidates]
         detections = (faces, poses)
     else:
@@ -210,7 +218,8 @@ def find_people(
         ]
     people = []
     for person in candidates:
-        if person.region is not None and worth_a_pose(person.region, width, height):
+        looked_at = look_at_everyone or person.followed
+        if looked_at and person.region is not None and worth_a_pose(person.region, width, height):
             pose = look_at(image, person.region)
             # The face checks the pose where both are fresh (between detector runs the face is older).
             checked = not fresh or person.face is None or _on_face(pose, person.face)
