@@ -84,6 +84,7 @@ class Settings:
     closer_look: bool = True
     segment_views: bool = True
     full_body: bool = True
+    clip_full_body: bool = False
     threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     max_image_bytes: int = 30 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -208,6 +209,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "closer_look": ("BACKDROP_CLOSER_LOOK", parse_bool),
     "segment_views": ("BACKDROP_SEGMENT_VIEWS", parse_bool),
     "full_body": ("BACKDROP_FULL_BODY", parse_bool),
+    "clip_full_body": ("BACKDROP_CLIP_FULL_BODY", parse_bool),
     "threads": ("BACKDROP_THREADS", _positive_int),
     "max_image_bytes": ("BACKDROP_MAX_IMAGE_BYTES", _positive_int),
     "max_image_pixels": ("BACKDROP_MAX_IMAGE_PIXELS", _positive_int),

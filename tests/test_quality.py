@@ -2,7 +2,8 @@
 masks, the closer look on small and numerous subjects, held objects, and no ghost in the background.
 
 The floor is set from bench/quality.py's measurements (a guard, not a target): on these eight photos the
-default pipeline scored mean IoU 0.922 and the one-pass baseline 0.858 on 2026-11-25.
+default pipeline scored mean IoU 0.922 and the one-pass baseline 0.858 on 2026-11-25 (0.936 with the people
+models, 2026-12-01).
 """
 
 from __future__ import annotations

@@ -284,8 +284,9 @@ class Pipeline:
     ) -> tuple[list[Person], bool]:
         """The people in ``preview`` (faces, bodies, their full-body segmentation: see ``people``), and
         whether the detectors ran for them. ``hints``: regions where someone may be whom the detectors
-        miss. With a ``history``, the detectors run every few frames, and the landmark model looks at the
-        people found that way only (a full-body view for everyone costs too much per frame of a clip)."""
+        miss. With a ``history``, the detectors run every few frames and the landmark model follows the
+        people between: only those ``hints`` found, unless ``BACKDROP_CLIP_FULL_BODY`` (a full-body pass
+        per person per frame costs a clip or a live session about a third of its speed on a CPU)."""
         detectors = _detectors_key(preview)
         detections = history.recall(detectors) if history is not None else None
         tracked = history.recall(_tracked_key(preview)) if history is not None else None
@@ -300,7 +301,7 @@ class Pipeline:
             tracked=tracked,
             detections=detections,
             hints=hints,
-            look_at_everyone=history is None,
+            look_at_everyone=history is None or self.settings.clip_full_body,
         )
         if history is not None and detections is None:
             history.remember(detectors, found)
