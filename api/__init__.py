@@ -5,12 +5,14 @@ It never imports the ML stack (no OpenCV, no LiteRT): it starts fast and stays s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 from celery import Celery
 from flask import Flask
 
 from backdrop.models.registry import register_frozen_deeplab
+from backdrop.service.events import JobEndWaiter
 from backdrop.service.jobs import JobStore
 from backdrop.service.queue import make_celery
 from backdrop.service.storage import Storage, open_storage
@@ -30,6 +32,15 @@ class Services:
     storage: Storage
     uploads: Uploads
     celery: Celery
+    waiter: JobEndWaiter = field(default=None)  # type: ignore[assignment]
+    waiting_slots: threading.BoundedSemaphore = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        # One subscription and one count of waiting requests per process (see api.submission.wait_for).
+        if self.waiter is None:
+            object.__setattr__(self, "waiter", JobEndWaiter(self.settings.redis_url))
+        if self.waiting_slots is None:
+            object.__setattr__(self, "waiting_slots", threading.BoundedSemaphore(self.settings.max_waiting_requests))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -44,6 +55,7 @@ class Services:
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    from api import rembg, removebg
     from api.errors import register_error_handlers
     from api.routes import blueprint
 
@@ -60,5 +72,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.json.sort_keys = False
     app.extensions["backdrop"] = services or Services.from_settings(settings)
     app.register_blueprint(blueprint)
+    # Compatible protocols: thin adapters onto the same jobs (docs/api.md, "Switching from ...").
+    app.register_blueprint(removebg.blueprint)
+    app.register_blueprint(rembg.blueprint)
     register_error_handlers(app)
     return app

@@ -15,6 +15,7 @@ log = logging.getLogger("backdrop.api")
 # Every error code the API answers with, and its HTTP status (docs/api.md lists the same; a test checks).
 STATUS_BY_CODE = {
     "invalid_parameter": 400,
+    "invalid_callback_url": 400,
     "empty_image": 400,
     "bad_request": 400,
     "unauthorized": 401,

@@ -57,6 +57,9 @@ _JOB = {
                 "height": {"type": "integer"},
                 "bytes": {"type": "integer"},
                 "expires_at": {"type": "string", "format": "date-time"},
+                "foreground": {"type": "object", "description": "photos: the subject's box in the result",
+                               "properties": {"top": {"type": "integer"}, "left": {"type": "integer"},
+                                              "width": {"type": "integer"}, "height": {"type": "integer"}}},
                 "duration_s": {"type": "number", "description": "videos only"},
                 "frames": {"type": "integer", "description": "videos only"},
                 "fps": {"type": "number", "description": "videos only"},
@@ -69,8 +72,49 @@ _JOB = {
             "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
         },
         "links": _LINKS,
+        "callback_url": {"type": "string", "description": "where the job's JSON is POSTed when it ends"},
+        "webhook": {"type": "object", "description": "the delivery: state, attempts, last_status, delivered_at"},
     },
 }  # fmt: skip
+_REMOVEBG_ERROR = {
+    "type": "object",
+    "required": ["errors"],
+    "properties": {
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["title"],
+                "properties": {"title": {"type": "string"}, "code": {"type": "string"}, "detail": {"type": "string"}},
+            },
+        }
+    },
+}
+_REMOVEBG_FIELDS = {
+    "image_file": {"type": "string", "format": "binary"},
+    "image_file_b64": {"type": "string"},
+    "image_url": {"type": "string", "description": "refused: Backdrop never fetches URLs"},
+    "size": {"type": "string"},
+    "type": {"type": "string"},
+    "type_level": {"type": "string"},
+    "format": {"type": "string"},
+    "roi": {"type": "string"},
+    "crop": {"type": "string"},
+    "crop_margin": {"type": "string"},
+    "scale": {"type": "string"},
+    "position": {"type": "string"},
+    "channels": {"type": "string"},
+    "bg_color": {"type": "string"},
+    "bg_image_file": {"type": "string", "format": "binary"},
+    "semitransparency": {"type": "string"},
+}
+_REMOVEBG_IMAGE = {"schema": {"type": "string", "format": "binary"}}
+_DETAIL = {"description": "FastAPI-style error", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["detail"], "properties": {"detail": {"type": "string"}}}}}}  # fmt: skip
+
+
+def _removebg_error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _REMOVEBG_ERROR}}}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -123,6 +167,9 @@ def openapi_document() -> dict[str, Any]:
                     "parameters": [
                         {"name": "Idempotency-Key", "in": "header", "required": False,
                          "schema": {"type": "string", "maxLength": 255}},
+                        {"name": "Prefer", "in": "header", "required": False, "schema": {"type": "string"},
+                         "description": "wait=N (RFC 7240): answer 201 with the finished job if it ends within "
+                                        "N seconds (clamped to BACKDROP_MAX_WAIT_S)"},
                     ],
                     "requestBody": {
                         "required": True,
@@ -145,7 +192,8 @@ def openapi_document() -> dict[str, Any]:
                                         "targets": {"type": "string",
                                                     "description": "comma list of: " + ", ".join(classes)},
                                         "model": {"type": "string", "enum": list(MODELS)},
-                                        "color": {"type": "string", "pattern": "^#?[0-9a-fA-F]{6}$"},
+                                        "color": {"type": "string",
+                                                  "description": "#RRGGBB, #RGB, #RRGGBBAA or a colour name"},
                                         "format": {"type": "string",
                                                    "enum": [*(f.value for f in OutputFormat),
                                                             *(f.value for f in VideoFormat)],
@@ -158,12 +206,22 @@ def openapi_document() -> dict[str, Any]:
                                                      "and those with them; all: everyone"},
                                         "keep_islands": {"type": "string", "enum": ["true", "false"]},
                                         "keep_metadata": {"type": "string", "enum": ["true", "false"]},
+                                        "max_pixels": {"type": "string", "description": "photos: shrink to this"},
+                                        "roi": {"type": "string", "description": "x1 y1 x2 y2 in px or %"},
+                                        "crop": {"type": "string", "enum": ["true", "false"]},
+                                        "crop_margin": {"type": "string", "description": "1, 2 or 4 px or % values"},
+                                        "scale": {"type": "string", "description": "original, or 10%-100%"},
+                                        "position": {"type": "string", "description": "original, center, X% Y%"},
+                                        "callback_url": {"type": "string", "description": "signed webhook target"},
                                     },
                                 }
                             }
                         },
                     },
                     "responses": {
+                        "201": {**job_response, "description": "Prefer: wait=N and the job ended in time",
+                                "headers": {"Location": {"schema": {"type": "string"}},
+                                            "Preference-Applied": {"schema": {"type": "string"}}}},
                         "202": {
                             "description": "accepted",
                             "headers": {"Location": {"schema": {"type": "string"}}},
@@ -235,6 +293,48 @@ def openapi_document() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": {"type": "object"}}}},
                         "401": _error("missing or wrong API key"),
                         "404": _error("live mode is not configured"),
+                    },
+                }
+            },
+            "/v1.0/removebg": {
+                "post": {
+                    "summary": "remove.bg's API: remove the background, answered as remove.bg answers",
+                    "operationId": "removeBg",
+                    "parameters": [{"name": "X-Api-Key", "in": "header", "required": False,
+                                    "schema": {"type": "string"}}],
+                    "requestBody": {"required": True, "content": {
+                        "multipart/form-data": {"schema": {"type": "object", "properties": _REMOVEBG_FIELDS}},
+                        "application/json": {"schema": {"type": "object", "properties": {
+                            k: v for k, v in _REMOVEBG_FIELDS.items() if v.get("format") != "binary"}}},
+                    }},
+                    "responses": {
+                        "200": {"description": "the image (or JSON with result_b64, with Accept: application/json)",
+                                "content": {"image/png": _REMOVEBG_IMAGE, "image/jpeg": _REMOVEBG_IMAGE,
+                                            "image/webp": _REMOVEBG_IMAGE, "application/zip": _REMOVEBG_IMAGE,
+                                            "application/json": {"schema": {"type": "object"}}}},
+                        "400": _removebg_error("bad request: source, parameter, image, or nothing found"),
+                        "403": _removebg_error("API keys are configured and none (or a wrong one) was sent"),
+                        "429": _removebg_error("the queue is full"),
+                        "500": _removebg_error("the job failed in a worker"),
+                        "503": _removebg_error("unavailable, or the result took too long"),
+                    },
+                }
+            },
+            "/api/remove": {
+                "post": {
+                    "summary": "rembg's server route: a PNG without its background",
+                    "operationId": "rembgRemove",
+                    "parameters": [{"name": "bgc", "in": "query", "required": False, "schema": {"type": "string"},
+                                    "description": "background colour r,g,b,a"}],
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+                        "type": "object", "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
+                                       "om": {"type": "string"}, "a": {"type": "string"}, "af": {"type": "string"},
+                                       "ab": {"type": "string"}, "ae": {"type": "string"}, "ppm": {"type": "string"},
+                                       "bgc": {"type": "string"}}}}}},
+                    "responses": {
+                        "200": {"description": "the PNG", "content": {"image/png": _REMOVEBG_IMAGE}},
+                        "401": _DETAIL, "413": _DETAIL, "422": _DETAIL, "429": _DETAIL, "500": _DETAIL, "503": _DETAIL,
                     },
                 }
             },

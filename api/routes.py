@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
-import uuid
-from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, redirect, request
 from werkzeug.datastructures import FileStorage
@@ -19,16 +15,15 @@ from werkzeug.datastructures import FileStorage
 from api import Services
 from api.errors import ApiError
 from api.openapi import openapi_document
+from api.submission import Submission, WaitingFull, accept, wait_for
 from backdrop.errors import ParameterError
 from backdrop.models.registry import DEFAULT_GENERAL_MODEL, DEFAULT_PERSON_MODEL, MODELS
 from backdrop.params import LIVE_EFFECTS, Effect, JobParams, MediaKind, OutputFormat, VideoFormat
-from backdrop.probe import probe_image
+from backdrop.service.job_view import job_links, job_view
 from backdrop.service.jobs import JobRecord, JobStatus
-from backdrop.service.observability import JOBS_SUBMITTED, QueueDepthCollector, render_metrics
-from backdrop.service.queue import PROCESS_TASK, VIDEO_TASK, enqueue
+from backdrop.service.observability import QueueDepthCollector, render_metrics
 from backdrop.settings import Settings
 from backdrop.video.probe import ACCEPTED as ACCEPTED_VIDEOS
-from backdrop.video.probe import VideoError, VideoInfo, probe_video
 
 blueprint = Blueprint("v1", __name__)
 log = logging.getLogger("backdrop.api")
@@ -40,16 +35,6 @@ RETRY_AFTER_S = "1"
 
 def services() -> Services:
     return current_app.extensions["backdrop"]
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _links(job_id: str) -> dict[str, str]:
-    return {"self": f"/v1/jobs/{job_id}", "result": f"/v1/jobs/{job_id}/result"}
 
 
 @blueprint.before_request
@@ -107,52 +92,8 @@ def _load_job(job_id: str) -> JobRecord:
 
 def present(record: JobRecord) -> dict[str, Any]:
     """The public view of a job record."""
-    settings = services().settings
-    result = None
-    extra: dict[str, Any] = {}
-    if record.is_video:
-        total = int((record.source or {}).get("frames") or 0)
-        done = services().jobs.progress(record.id) if record.status is not JobStatus.QUEUED else 0
-        if record.status is JobStatus.SUCCEEDED and record.result is not None and record.result.frames:
-            done = total = record.result.frames
-        extra["progress"] = {"done": min(done, total) if total else done, "total": total}
-    if record.status is JobStatus.SUCCEEDED and record.result is not None:
-        expiry = settings.result_url_expiry_s
-        storage = services().storage
-        name = f"backdrop-{record.id[:8]}.{record.result.key.rsplit('.', 1)[-1]}"
-        result = {
-            "url": storage.presign_get(record.result.key, expiry),
-            "download_url": storage.presign_get(record.result.key, expiry, download_name=name),
-            "content_type": record.result.content_type,
-            "width": record.result.width,
-            "height": record.result.height,
-            "bytes": record.result.bytes,
-            "expires_at": _iso(time.time() + expiry),
-        }
-        if record.is_video:
-            result.update(
-                duration_s=record.result.duration_s,
-                frames=record.result.frames,
-                fps=record.result.fps,
-                audio=record.result.audio,
-            )
-    return {
-        "id": record.id,
-        "kind": record.params.kind.value,
-        "status": record.status.value,
-        **extra,
-        "created_at": _iso(record.created_at),
-        "started_at": _iso(record.started_at),
-        "finished_at": _iso(record.finished_at),
-        "params": record.params.as_dict(),
-        "model": record.model,
-        "detected": record.detected,
-        "found": record.found,
-        "timings_ms": record.timings_ms,
-        "result": result,
-        "error": record.error,
-        "links": _links(record.id),
-    }
+    svc = services()
+    return job_view(record, svc.settings, svc.storage, svc.jobs)
 
 
 def _job_response(record: JobRecord, status: int = 200) -> Response:
@@ -182,39 +123,14 @@ def _media_upload() -> tuple[MediaKind, FileStorage]:
     raise ParameterError("image", "required: send a photo as the file field image, or a clip as video")
 
 
-def _stream_size(stream: BinaryIO) -> int:
-    stream.seek(0, 2)
-    size = stream.tell()
-    stream.seek(0)
-    return size
+# Prefer: wait=N (RFC 7240): the request waits up to N seconds for its job to end.
+_PREFER_WAIT = re.compile(r"(?:^|[,;])\s*wait\s*=\s*\"?(\d+)\"?\s*(?=$|[,;])", re.IGNORECASE)
 
 
-def _sha256_of(stream: BinaryIO) -> bytes:
-    """The digest of a file read in parts (a video is never read whole into memory)."""
-    digest = hashlib.sha256()
-    stream.seek(0)
-    while chunk := stream.read(1 << 20):
-        digest.update(chunk)
-    stream.seek(0)
-    return digest.digest()
-
-
-def _fingerprint(params: JobParams, media: bytes | BinaryIO, background: bytes | None) -> str:
-    digest = hashlib.sha256(json.dumps(params.as_dict(), sort_keys=True).encode())
-    digest.update(hashlib.sha256(media).digest() if isinstance(media, bytes) else _sha256_of(media))
-    digest.update(hashlib.sha256(background or b"").digest())
-    return digest.hexdigest()
-
-
-def _checked_video(stream: BinaryIO, settings: Settings) -> VideoInfo:
-    size = _stream_size(stream)
-    if size == 0:
-        raise VideoError("the video file is empty (0 bytes)", code="corrupt_video")
-    if size > settings.max_video_bytes:
-        raise ApiError(
-            f"the video is {size} bytes; the limit is {settings.max_video_bytes} bytes", code="request_too_large"
-        )
-    return probe_video(stream, max_seconds=settings.max_video_seconds, max_frame_pixels=settings.max_video_frame_pixels)
+def preferred_wait(settings: Settings) -> int | None:
+    """The wait asked for in ``Prefer`` (RFC 7240), clamped to ``BACKDROP_MAX_WAIT_S``; None if none."""
+    asked = [int(m.group(1)) for header in request.headers.getlist("Prefer") for m in _PREFER_WAIT.finditer(header)]
+    return min(asked[0], settings.max_wait_s) if asked else None
 
 
 @blueprint.post("/v1/jobs")
@@ -226,71 +142,37 @@ def submit_job() -> Response:
     idempotency_key = request.headers.get("Idempotency-Key")
     if idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(idempotency_key):
         raise ParameterError("Idempotency-Key", "must be 1-255 visible ASCII characters")
+    wait_s = preferred_wait(settings)
 
-    # Everything that can be checked is checked before anything is stored or queued.
     kind, upload = _media_upload()
     background_upload = _upload("background")
-    background = background_upload.read() if background_upload is not None else None
-    params = JobParams.parse({key: request.form.get(key) for key in request.form}, kind)
-    source: VideoInfo | None = None
-    if kind is MediaKind.VIDEO:
-        media: bytes | BinaryIO = upload.stream
-        source = _checked_video(upload.stream, settings)
-    else:
-        media = upload.read()
-        probe_image(media, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    if params.effect is Effect.REPLACE:
-        if background is None:
-            raise ParameterError("background", "effect replace needs a background image file")
-        probe_image(background, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels)
-    elif background is not None:
-        raise ParameterError("background", "only used with effect=replace")
-
-    queue = settings.queue_for(params.model)
-    if settings.max_queue_depth and svc.jobs.queue_depth(queue) >= settings.max_queue_depth:
-        raise ApiError(f"the queue holds {settings.max_queue_depth} or more jobs; try again later", code="queue_full")
-
-    job_id = uuid.uuid4().hex
-    g.job_id = job_id
-    if idempotency_key is not None:
-        idempotency_key = f"{g.owner or ''}:{idempotency_key}"  # keys are per API key
-        earlier = svc.jobs.claim_idempotency_key(idempotency_key, _fingerprint(params, media, background), job_id)
-        if earlier is not None:
-            record = svc.jobs.get(earlier)
-            if record is not None and record.owner == g.owner:
-                return _accepted(record)
-            # The earlier request with this key failed before its job was recorded: this one takes over.
-            job_id = g.job_id = earlier
-
-    try:
-        input_key = svc.uploads.put(job_id, media) if isinstance(media, bytes) else svc.uploads.put_file(job_id, media)
-        record = JobRecord(
-            id=job_id,
-            status=JobStatus.QUEUED,
-            params=params,
-            created_at=time.time(),
-            input_key=input_key,
-            background_key=svc.uploads.put(f"{job_id}-background", background) if background is not None else None,
-            owner=g.owner,
-            source=source.as_dict() if source is not None else None,
-        )
-        svc.jobs.create(record)
+    fields = {key: request.form.get(key) for key in request.form}
+    callback_url = (fields.pop("callback_url", None) or "").strip() or None
+    submission = Submission(
+        kind=kind,
+        media=upload.stream if kind is MediaKind.VIDEO else upload.read(),
+        params=JobParams.parse(fields, kind),
+        background=background_upload.read() if background_upload is not None else None,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+    )
+    record = accept(svc, submission, g.owner)
+    g.job_id = record.id
+    if wait_s:
         try:
-            enqueue(svc.celery, job_id, queue, task=VIDEO_TASK if kind is MediaKind.VIDEO else PROCESS_TASK)
-        except Exception as exc:  # kombu raises several types for a dead broker
-            svc.jobs.delete(job_id)
-            raise ApiError(f"queue unreachable: {exc}", code="broker_unavailable") from None
-    except Exception:
-        if idempotency_key is not None:
-            with contextlib.suppress(Exception):  # else the key expires with the job TTL
-                svc.jobs.release_idempotency_key(idempotency_key)
-        raise
-    JOBS_SUBMITTED.labels(params.effect.value).inc()
+            finished = wait_for(svc, record, wait_s)
+        except WaitingFull:
+            finished = None  # a preference, not a requirement: answered as without it
+        if finished is not None:
+            response = _job_response(finished, status=201)
+            response.headers["Location"] = f"/v1/jobs/{finished.id}"
+            response.headers["Preference-Applied"] = f"wait={wait_s}"
+            return response
     return _accepted(record)
 
 
 def _accepted(record: JobRecord) -> Response:
-    response = jsonify({"id": record.id, "status": record.status.value, "links": _links(record.id)})
+    response = jsonify({"id": record.id, "status": record.status.value, "links": job_links(record.id)})
     response.status_code = 202
     response.headers["Location"] = f"/v1/jobs/{record.id}"
     return response

@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_MODEL, EXIT_IO, EXIT_SERVICE = 0, 1, 2, 3, 4, 5
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".webm", ".mkv", ".avi", ".gif"}
-_SUFFIX_FORMATS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".mp4": "mp4", ".webm": "webm"}
+_SUFFIX_FORMATS = {
+    ".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp", ".zip": "zip", ".mp4": "mp4", ".webm": "webm",
+}  # fmt: skip
 
 
 class UsageError(Exception):
@@ -68,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--api-key", help="API key, when the service requires one (default: BACKDROP_API_KEY)")
     submit.add_argument("--parallel", type=int, default=4, help="jobs in flight at once (default 4)")
     submit.add_argument("--timeout", type=float, default=600, help="seconds to wait for each job (default 600)")
+    submit.add_argument(
+        "--wait",
+        type=float,
+        default=10,
+        help="ask the service to answer with the finished job when it ends within this many seconds, "
+        "before polling (Prefer: wait; default 10, 0: poll only)",
+    )
+    submit.add_argument("--callback-url", help="the service POSTs each job's JSON there when it ends (signed)")
 
     live = commands.add_parser(
         "live",
@@ -119,10 +129,12 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--targets", default="person", help="classes to keep sharp, comma-separated (default person)")
     parser.add_argument("--model", help="segmentation model (default: chosen from the targets)")
     parser.add_argument("--background", type=Path, help="background image for --effect replace")
-    parser.add_argument("--color", help="background colour #RRGGBB for --effect color")
+    parser.add_argument(
+        "--color", help="background colour #RRGGBB (#RRGGBBAA: translucent) or a name, for --effect color"
+    )
     parser.add_argument(
         "--format",
-        choices=["jpeg", "jpg", "png", "webp", "mp4", "webm"],
+        choices=["jpeg", "jpg", "png", "webp", "zip", "mp4", "webm"],
         help="output format: jpeg, png, webp for photos (default: the input's); mp4, webm for videos (default mp4)",
     )
     parser.add_argument("--quality", help="JPEG/WebP quality 1-100 (default 90)")
@@ -140,6 +152,13 @@ def _add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-metadata", action="store_true", help="copy the input's EXIF (GPS included) to the output"
     )
+    framing = parser.add_argument_group("framing (photos)")
+    framing.add_argument("--max-pixels", help="shrink larger photos to at most this many pixels first")
+    framing.add_argument("--roi", help="only this region may be the subject: 'x1 y1 x2 y2' in px or %%")
+    framing.add_argument("--crop", action="store_true", help="crop the result to the subject")
+    framing.add_argument("--crop-margin", help="margin around a crop: 1, 2 or 4 values in px or %% of the subject")
+    framing.add_argument("--scale", help="the subject's size on a new background: 10%%-100%% of the picture")
+    framing.add_argument("--position", help="where the subject goes: center, or 'X%% Y%%'")
     parser.add_argument("--json", action="store_true", help="print one JSON report line per input on stdout")
 
 
@@ -161,6 +180,12 @@ def _job_fields(args: argparse.Namespace) -> dict[str, str | None]:
         "subjects": args.subjects,
         "keep_islands": "true" if args.keep_islands else None,
         "keep_metadata": "true" if args.keep_metadata else None,
+        "max_pixels": args.max_pixels,
+        "roi": args.roi,
+        "crop": "true" if args.crop else None,
+        "crop_margin": args.crop_margin,
+        "scale": args.scale,
+        "position": args.position,
     }
 
 
@@ -450,7 +475,9 @@ def _submit(args: argparse.Namespace, settings: Settings) -> int:
         return _first_contact_failed(exc)
 
     def one(source: Path) -> tuple[Path, Path, dict]:
-        job = client.submit(source, background=background, **{k: v for k, v in fields.items() if v is not None})
+        extra = {"callback_url": args.callback_url} if args.callback_url else {}
+        given = {k: v for k, v in fields.items() if v is not None}
+        job = client.submit(source, background=background, wait=args.wait or None, **given, **extra)
         job.wait(timeout=args.timeout)
         extension = job.result["content_type"].split("/")[1].replace("jpeg", "jpg")  # type: ignore[index]
         target = _output_for(source, args.output, single_file, extension)

@@ -144,8 +144,12 @@ class Job:
         """Poll until the job is finished (``on_progress(job)`` after each poll: a video's progress bar).
         Raises :class:`JobFailed`, :class:`JobCancelled` or TimeoutError."""
         deadline = time.monotonic() + timeout
+        # An answer that waited (Prefer: wait) already holds the finished job: no read is needed.
+        fetch = self.status not in ("succeeded", "failed", "cancelled") or "finished_at" not in self.data
         while True:
-            self.refresh()
+            if fetch:
+                self.refresh()
+            fetch = True
             if on_progress is not None:
                 on_progress(self)
             if self.status == "succeeded":
@@ -336,11 +340,14 @@ class Client:
         *,
         background: str | Path | bytes | None = None,
         idempotency_key: str | None = None,
+        wait: float | None = None,
         **params: Any,
     ) -> Job:
         """Queue a job for a photo or a video (told apart by content). ``params`` are the API's form
         fields: effect, strength, bokeh, targets (str or list), model, color, format, quality, keep,
-        subjects, keep_islands, keep_metadata."""
+        subjects, keep_islands, keep_metadata, max_pixels, roi, crop, crop_margin, scale, position,
+        callback_url. With ``wait`` (seconds), the service answers with the finished job when it ends
+        that soon (``Prefer: wait``), and :meth:`Job.wait` needs no poll."""
         field, upload = _media(media)
         files: dict[str, tuple[str, bytes | BinaryIO]] = {field: upload}
         if background is not None:
@@ -350,6 +357,8 @@ class Client:
         headers = {"Content-Type": body.content_type}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
+        if wait:
+            headers["Prefer"] = f"wait={max(1, round(wait))}"
         try:
             answer = self._request("POST", "/v1/jobs", data=body, headers=headers).json()
         finally:

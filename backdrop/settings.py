@@ -5,6 +5,8 @@ Nothing else in Backdrop reads ``os.environ``. Every field is documented in the 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import shlex
 from collections.abc import Callable, Mapping
@@ -60,6 +62,22 @@ def _routes(text: str) -> tuple[tuple[str, str], ...]:
             raise ValueError("expected MODEL=QUEUE pairs separated by commas")
         routes.append((model.strip(), queue.strip()))
     return tuple(routes)
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def decode_secret(secret: str) -> bytes:
+    """The key bytes of a Standard Webhooks secret: ``whsec_`` and base64 (at least 16 bytes)."""
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"a webhook secret starts with {WEBHOOK_SECRET_PREFIX}")
+    try:
+        key = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise ValueError("a webhook secret is whsec_ and base64") from None
+    if len(key) < 16:
+        raise ValueError("a webhook secret's key must be at least 16 bytes")
+    return key
 
 
 def _path_list(text: str) -> tuple[Path, ...]:
@@ -122,6 +140,17 @@ class Settings:
     sweep_interval_s: int = 60
     max_queue_depth: int = 0
     api_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Answers that wait (Prefer: wait=N) and the compatible routes (remove.bg's, rembg's), which wait for
+    # the job: the longest wait, the API's threads per process, and how many of them may wait at once.
+    max_wait_s: int = 60
+    api_threads: int = 48
+    max_waiting_requests: int = 32
+    # Webhooks: the signing secrets (whsec_..., the first signs; during a rotation both do), whether
+    # callback URLs may resolve to loopback or private addresses, and how long deliveries are tried.
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = 10.0
+    webhook_retry_for_s: int = 24 * 3600
     fault_injection: bool = False
     port: int = 8080
     workers: int = 2
@@ -173,6 +202,14 @@ class Settings:
             )
         if any(len(key) < 16 for key in self.api_keys):
             raise SettingsError("BACKDROP_API_KEYS: every key must be at least 16 characters")
+        for secret in self.webhook_secrets:
+            try:
+                decode_secret(secret)
+            except ValueError as exc:
+                raise SettingsError(f"BACKDROP_WEBHOOK_SECRETS: {exc}") from None
+        if self.max_waiting_requests >= self.api_threads:
+            # Otherwise waiting requests can take every thread and nothing else is answered.
+            raise SettingsError("BACKDROP_MAX_WAITING_REQUESTS must be below BACKDROP_API_THREADS")
         if self.storage_retries < 0:
             raise SettingsError("BACKDROP_STORAGE_RETRIES must not be negative")
         retry_budget = self.storage_retry_backoff_s * (2**self.storage_retries - 1)
@@ -245,6 +282,16 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "sweep_interval_s": ("BACKDROP_SWEEP_INTERVAL_S", _positive_int),
     "max_queue_depth": ("BACKDROP_MAX_QUEUE_DEPTH", int),
     "api_keys": ("BACKDROP_API_KEYS", lambda text: tuple(k.strip() for k in text.split(",") if k.strip())),
+    "max_wait_s": ("BACKDROP_MAX_WAIT_S", _positive_int),
+    "api_threads": ("BACKDROP_API_THREADS", _positive_int),
+    "max_waiting_requests": ("BACKDROP_MAX_WAITING_REQUESTS", _non_negative_int),
+    "webhook_secrets": (
+        "BACKDROP_WEBHOOK_SECRETS",
+        lambda text: tuple(k.strip() for k in text.split(",") if k.strip()),
+    ),
+    "webhook_allow_private": ("BACKDROP_WEBHOOK_ALLOW_PRIVATE", parse_bool),
+    "webhook_timeout_s": ("BACKDROP_WEBHOOK_TIMEOUT_S", _positive_float),
+    "webhook_retry_for_s": ("BACKDROP_WEBHOOK_RETRY_FOR_S", _positive_int),
     "fault_injection": ("BACKDROP_FAULT_INJECTION", parse_bool),
     "live_url": ("BACKDROP_LIVE_URL", str),
     "live_port": ("BACKDROP_LIVE_PORT", _positive_int),

@@ -3,6 +3,7 @@ coffee: neither); the models are the real ones, resolved through the registry as
 
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
@@ -73,10 +74,15 @@ def astronaut_jpeg(astronaut: np.ndarray) -> bytes:
     return encode_rgb(astronaut, quality=95)
 
 
+# The webhook secret the test stack signs with (tests verify with the standardwebhooks package).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"backdrop-test-webhook-key").decode()
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory):
     """The real thing on free loopback ports: valkey-server, SeaweedFS S3, a Celery worker with two
-    prefork processes, and the API under gunicorn."""
+    prefork processes, and the API under gunicorn. Webhooks may call loopback (the tests' receivers), and
+    fault markers work (a slow job on purpose)."""
     import os
 
     from backdrop.service.localstack import LocalStack, free_port
@@ -90,6 +96,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             "BACKDROP_MAX_IMAGE_BYTES": str(4 * 1024 * 1024),
             "BACKDROP_INLINE_UPLOAD_MAX_BYTES": str(256 * 1024),
             "BACKDROP_VIDEO_CHUNK_SECONDS": "1",
+            "BACKDROP_WEBHOOK_SECRETS": WEBHOOK_SECRET,
+            "BACKDROP_WEBHOOK_ALLOW_PRIVATE": "true",
+            "BACKDROP_FAULT_INJECTION": "true",
         }
     )
     local = LocalStack(root=tmp_path_factory.mktemp("stack"), api_port=free_port(), workers=2)

@@ -168,8 +168,12 @@ def run_curl_examples(text: str, stack, cwd: Path) -> int:
         )
         body, _, status = result.stdout.rpartition("\n")
         expected = {"POST": {"202"}, "GET": {"200"}, "DELETE": {"200", "409"}}[method]
+        if "/v1.0/removebg" in command or "/api/remove" in command:  # the compatible routes answer at once
+            expected = {"200"}
+        elif "Prefer: wait" in command:
+            expected = {"201"}
         assert result.returncode == 0 and status in expected, (command, status, body[-500:], result.stderr)
-        if method == "POST" and "/v1/jobs" in command:
+        if method == "POST" and "/v1/jobs" in command and '"id"' in body:
             job_id = re.search(r'"id":\s*"([0-9a-f]{32})"', body).group(1)
         ran += 1
     return ran

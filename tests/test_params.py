@@ -53,23 +53,32 @@ def test_bad_strength_refused(raw):
     assert caught.value.code == "invalid_parameter" and caught.value.field == "strength"
 
 
-@pytest.mark.parametrize(("raw", "rgb"), [("#1E90FF", (30, 144, 255)), ("00ff00", (0, 255, 0)), ("#fff", (255,) * 3)])
-def test_colors(raw, rgb):
-    assert JobParams.parse({"effect": "color", "color": raw}).color == rgb
+@pytest.mark.parametrize(
+    ("raw", "rgba"),
+    [
+        ("#1E90FF", (30, 144, 255, 255)),
+        ("00ff00", (0, 255, 0, 255)),
+        ("#fff", (255,) * 4),
+        ("#1E90FF80", (30, 144, 255, 128)),
+        ("#fff8", (255, 255, 255, 136)),
+        ("Red", (255, 0, 0, 255)),
+    ],
+)
+def test_colors(raw, rgba):
+    assert JobParams.parse({"effect": "color", "color": raw}).color == rgba
 
 
-@pytest.mark.parametrize("raw", ["red", "#12345", "#GGGGGG", "#1234567"])
+@pytest.mark.parametrize("raw", ["reddish", "#12345", "#GGGGGG", "#1234567"])
 def test_bad_color_has_its_own_code(raw):
     with pytest.raises(ParameterError) as caught:
         JobParams.parse({"color": raw})
     assert caught.value.code == "invalid_color"
 
 
-def test_cutout_and_mask_never_jpeg():
+def test_cutout_never_jpeg_and_a_mask_is_png_unless_asked():
     with pytest.raises(ParameterError):
         JobParams.parse({"effect": "cutout", "format": "jpeg"})
-    with pytest.raises(ParameterError):
-        JobParams.parse({"effect": "mask", "format": "webp"})
+    assert JobParams.parse({"effect": "mask", "format": "jpeg"}).output_format(OutputFormat.PNG) is OutputFormat.JPEG
     assert JobParams.parse({"effect": "cutout"}).output_format(OutputFormat.JPEG) is OutputFormat.PNG
     assert JobParams.parse({"effect": "cutout"}).output_format(OutputFormat.WEBP) is OutputFormat.WEBP
     assert JobParams.parse({"effect": "mask"}).output_format(OutputFormat.WEBP) is OutputFormat.PNG

@@ -178,7 +178,7 @@ def test_many_jobs_in_one_status_read(stack, astronaut_jpeg, chelsea):
         (None, {"targets": "unicorn"}, 422, "unknown_target"),
         (None, {"targets": "cat", "model": "selfie"}, 422, "unsupported_target"),
         (None, {"model": "sam"}, 422, "unknown_model"),
-        (None, {"effect": "color", "color": "blue"}, 422, "invalid_color"),
+        (None, {"effect": "color", "color": "blueish"}, 422, "invalid_color"),
         (None, {"strength": "500"}, 400, "invalid_parameter"),
         (None, {"effect": "sparkle"}, 400, "invalid_parameter"),
         (None, {"effect": "cutout", "format": "jpeg"}, 422, "unsupported_output"),

@@ -53,6 +53,7 @@ from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
 from worker.sweeper import sweep
 from worker.video import VideoRunner
+from worker.webhooks import WebhookDeliverer, WebhookDispatcher
 
 log = logging.getLogger("backdrop.worker")
 settings = Settings.from_env()
@@ -82,6 +83,8 @@ def runner() -> VideoRunner:
                 jobs,
                 queue_task=lambda name, args, queue: enqueue_part(app, name, args, queue),
             )
+            # Every worker process delivers due webhooks (one attempt per job at a time, whoever is first).
+            WebhookDispatcher(WebhookDeliverer(settings, jobs, storage)).start()
             MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
             log.info(
                 "worker %s ready: %d model files loaded in %.0f ms; freed memory kept for reuse: %s",

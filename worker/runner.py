@@ -151,6 +151,7 @@ class JobRunner:
                     width=result.width,
                     height=result.height,
                     bytes=len(result.data),
+                    foreground=result.foreground,
                 ),
                 worker=self.worker_id,
                 engine_loads=self.pipeline.engine_loads,

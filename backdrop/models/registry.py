@@ -352,6 +352,8 @@ def register_frozen_deeplab(location: str, sha256: str | None = None) -> ModelSp
 
 DEFAULT_PERSON_MODEL = "selfie"
 DEFAULT_GENERAL_MODEL = "deeplab"
+# A target of its own: people where there are any, else the most prominent thing the general model knows.
+AUTO_TARGET = "auto"
 
 # Everyday spellings accepted for the model's own labels.
 TARGET_ALIASES = {
@@ -372,7 +374,7 @@ def get_model(name: str) -> ModelSpec:
 
 def normalize_targets(targets: Iterable[str]) -> tuple[str, ...]:
     """Lower-case, resolve aliases, drop duplicates (order kept). Unknown names raise ``unknown_target``."""
-    known = {c for spec in MODELS.values() for c in spec.classes}
+    known = {c for spec in MODELS.values() for c in spec.classes} | {AUTO_TARGET}
     result: list[str] = []
     for raw in targets:
         name = " ".join(raw.strip().lower().split())
@@ -388,14 +390,22 @@ def normalize_targets(targets: Iterable[str]) -> tuple[str, ...]:
             result.append(name)
     if not result:
         raise TargetError("no target given; name at least one class, e.g. person", code="unknown_target")
+    if AUTO_TARGET in result and len(result) > 1:
+        raise TargetError("auto stands alone: people, else the most prominent thing found", code="unknown_target")
     return tuple(result)
 
 
 def choose_model(targets: tuple[str, ...], model: str | None = None) -> ModelSpec:
     """The model for these (normalised) targets: the one named, else person-only → selfie, else deeplab."""
     if model is None:
-        model = DEFAULT_PERSON_MODEL if targets == ("person",) else DEFAULT_GENERAL_MODEL
+        model = DEFAULT_PERSON_MODEL if targets in (("person",), (AUTO_TARGET,)) else DEFAULT_GENERAL_MODEL
     spec = get_model(model)
+    if targets == (AUTO_TARGET,):
+        if "person" not in spec.classes:
+            raise TargetError(
+                f"auto starts with people: model {spec.name!r} cannot segment them", code="unsupported_target"
+            )
+        return spec
     missing = [t for t in targets if t not in spec.classes]
     if missing:
         raise TargetError(

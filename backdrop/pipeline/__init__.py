@@ -6,13 +6,14 @@ every stage is a plain function over numpy arrays in this package's modules.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cache
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import cv2
 import numpy as np
@@ -22,6 +23,8 @@ from backdrop.engines.batching import BatchingEngine
 from backdrop.errors import JobTimeout, ParameterError
 from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import (
+    AUTO_TARGET,
+    DEFAULT_GENERAL_MODEL,
     PEOPLE_MODELS,
     DetectorSpec,
     ModelSpec,
@@ -32,7 +35,8 @@ from backdrop.models.registry import (
 )
 from backdrop.params import Effect, JobParams, Keep, OutputFormat, Subjects
 from backdrop.pipeline.choice import choose_regions, settle_subjects
-from backdrop.pipeline.effects import apply_effect
+from backdrop.pipeline.effects import apply_effect, onto_background
+from backdrop.pipeline.framing import outside_zeroed, place, plan_frame, region_of_interest, subject_box
 from backdrop.pipeline.geometry import make_preview
 from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.pipeline.metadata import attach_exif, upright_exif
@@ -69,6 +73,7 @@ from backdrop.pipeline.subject import (
 )
 from backdrop.settings import Settings
 
+T = TypeVar("T")
 # Long side of the shared reduced copy that model input, guided-filter solve and blur are made from.
 PREVIEW_LONG_SIDE = 1024
 # A target covering less than this share of the image counts as not found.
@@ -92,6 +97,8 @@ class ProcessResult:
     detected: dict[str, float]
     found: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Where the subject is in the result: top, left, width, height of the matte's non-zero pixels.
+    foreground: dict[str, int] | None = None
 
     @property
     def content_type(self) -> str:
@@ -109,6 +116,7 @@ class ProcessResult:
             "height": self.height,
             "bytes": len(self.data),
             "timings_ms": self.timings_ms,
+            "foreground": self.foreground,
         }
 
 
@@ -397,7 +405,19 @@ class Pipeline:
         and what the subject holds kept or left out as ``params.keep`` says.
 
         With a ``history`` (frames of one clip or live session), the confirming pass, the scan and the plan
-        of where to look closer are reused for a few frames, and the result is smoothed over time."""
+        of where to look closer are reused for a few frames, and the result is smoothed over time.
+
+        ``targets=auto``: people if the person models find any, else whatever DeepLab knows that is there
+        (the subject choice then keeps the most prominent of it)."""
+        if params.targets == (AUTO_TARGET,):
+            people = self.find_subject(preview, replace(params, targets=("person",)), history, small)
+            if sum(people.detected.values()) >= FOUND_MIN_COVERAGE:
+                return people
+            others = tuple(c for c in get_model(DEFAULT_GENERAL_MODEL).classes if c != "person")
+            things = self.find_subject(
+                preview, replace(params, targets=others, model=DEFAULT_GENERAL_MODEL), history, small
+            )
+            return replace(things, detected={t: share for t, share in things.detected.items() if share > 0})
         spec = get_model(params.model)
         targets = params.targets
         height, width = preview.shape[:2]
@@ -508,6 +528,14 @@ class Pipeline:
             alpha = refine_alpha(probability, image, preview, model_pixel=subject.model_pixel, ops=self.pixels)
             if history is not None:
                 alpha = Alpha(full=history.steady(alpha.full, image), preview=alpha.preview)
+            if params.roi is not None:  # only what lies in the region of interest may be the subject
+                height, width = image.shape[:2]
+                x0, y0, x1, y1 = region_of_interest(params.roi, width, height)
+                sx, sy = preview.shape[1] / width, preview.shape[0] / height
+                box = (math.floor(x0 * sx), math.floor(y0 * sy), math.ceil(x1 * sx), math.ceil(y1 * sy))
+                alpha = Alpha(
+                    full=outside_zeroed(alpha.full, (x0, y0, x1, y1)), preview=outside_zeroed(alpha.preview, box)
+                )
         with clock.stage("effect"):
             rendered = apply_effect(
                 image,
@@ -536,20 +564,38 @@ class Pipeline:
         clock = StageClock(deadline, limit_s)
         with clock.stage("decode"):
             decoded = load_image(data, self.settings)
+            image, input_alpha = decoded.bgr, decoded.alpha
+            if params.max_pixels is not None:
+                image, input_alpha = (
+                    within_pixels(image, params.max_pixels),
+                    within_pixels(input_alpha, params.max_pixels),
+                )
             backdrop_image = None
             if params.effect is Effect.REPLACE:
                 if background is None:
                     raise ParameterError("background", "effect replace needs a background image")
                 backdrop_image = load_image(background, self.settings).bgr
             output_format = params.output_format(decoded.info.format)
-        frame = self.process_frame(
-            decoded.bgr, params, background=backdrop_image, input_alpha=decoded.alpha, clock=clock
-        )
+        # A new background under a subject that moves, or that the subject shows through: cut out first.
+        cut_first = params.effect in (Effect.COLOR, Effect.REPLACE) and (params.framed or params.translucent)
+        rendering = replace(params, effect=Effect.CUTOUT) if cut_first else params
+        frame = self.process_frame(image, rendering, background=backdrop_image, input_alpha=input_alpha, clock=clock)
+        with clock.stage("effect"):
+            rendered, matte = frame.rendered, frame.alpha.full
+            if params.framed:
+                height, width = matte.shape
+                # A crop of a blurred or grey photo stays inside it: there is nothing to fill a margin with.
+                within = params.effect in (Effect.BLUR, Effect.GRAY)
+                plan = plan_frame(subject_box(matte), width, height, params, within=within)
+                rendered, matte = place(rendered, plan), place(matte, plan)
+            if cut_first:
+                rendered = onto_background(rendered, params, backdrop_image, self.pixels)
         with clock.stage("encode"):
-            encoded = encode_image(frame.rendered, output_format, params.quality)
+            encoded = encode_image(rendered, output_format, params.quality)
             if params.keep_metadata and decoded.info.exif:
                 encoded = attach_exif(encoded, output_format, upright_exif(decoded.info.exif))
-        height, width = decoded.bgr.shape[:2]
+        height, width = rendered.shape[:2]
+        box = subject_box(matte)
         return ProcessResult(
             data=encoded,
             format=output_format,
@@ -559,7 +605,22 @@ class Pipeline:
             detected=frame.subject.detected,
             found=frame.found,
             timings_ms=clock.timings_ms,
+            foreground=None
+            if box is None
+            else {"top": box[1], "left": box[0], "width": box[2] - box[0], "height": box[3] - box[1]},
         )
+
+
+def within_pixels(pixels: T | None, max_pixels: int) -> T | None:
+    """``pixels`` shrunk (area averaging) to at most ``max_pixels``, its aspect kept; as it is if smaller."""
+    if pixels is None:
+        return None
+    height, width = pixels.shape[:2]
+    if width * height <= max_pixels:
+        return pixels
+    factor = math.sqrt(max_pixels / (width * height))
+    size = (max(1, math.floor(width * factor)), max(1, math.floor(height * factor)))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
 
 
 @cache

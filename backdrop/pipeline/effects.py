@@ -217,6 +217,34 @@ def composite(foreground: np.ndarray, background: np.ndarray, alpha: np.ndarray,
     return ops.composite(foreground, background, alpha)
 
 
+def onto_background(
+    cutout: np.ndarray, params: JobParams, background: np.ndarray | None, ops: PixelOps = OPENCV
+) -> np.ndarray:
+    """A cut-out (BGRA, its edge colours already the subject's) over the job's new background: a picture
+    (``replace``) or a colour, whose alpha below 255 leaves the result that transparent around the
+    subject (BGRA then; BGR otherwise)."""
+    height, width = cutout.shape[:2]
+    colours, alpha = np.ascontiguousarray(cutout[..., :3]), np.ascontiguousarray(cutout[..., 3])
+    if params.effect is Effect.REPLACE:
+        if background is None:
+            raise ValueError("effect replace needs a background image")
+        return composite(colours, cover(background, width, height, ops), alpha, ops)
+    red, green, blue, opacity = params.color
+    back = np.empty_like(colours)
+    back[:] = (blue, green, red)
+    if opacity == 255:
+        return composite(colours, back, alpha, ops)
+    # The subject over a translucent colour: coverage a + o (1 - a), colour (a F + o (1 - a) B) / coverage.
+    subject = alpha.astype(np.float32) * (1 / 255)
+    under = (opacity / 255) * (1.0 - subject)
+    coverage = subject + under
+    mixed = colours * subject[..., None] + back * under[..., None]
+    mixed /= np.maximum(coverage, 1e-6)[..., None]
+    return cv2.merge(
+        [*cv2.split(np.clip(mixed + 0.5, 0, 255).astype(np.uint8)), cv2.convertScaleAbs(coverage, alpha=255.0)]
+    )
+
+
 def with_input_alpha(alpha: np.ndarray, input_alpha: np.ndarray | None) -> np.ndarray:
     """The subject matte combined with the input's own transparency, if it had any."""
     if input_alpha is None:
@@ -264,7 +292,7 @@ def apply_effect(
     elif effect is Effect.GRAY:
         back = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
     elif effect is Effect.COLOR:
-        red, green, blue = params.color
+        red, green, blue, _ = params.color  # a translucent colour is put under a cut-out (onto_background)
         back = np.empty_like(image)
         back[:] = (blue, green, red)
     elif effect is Effect.REPLACE:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from dataclasses import dataclass
 
 import cv2
@@ -99,7 +101,18 @@ def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def encode_image(pixels: np.ndarray, fmt: OutputFormat, quality: int) -> bytes:
-    """Encode BGR, BGRA or single-channel pixels. No metadata is written (EXIF, GPS are dropped)."""
+    """Encode BGR, BGRA or single-channel pixels. No metadata is written (EXIF, GPS are dropped). ZIP: a
+    BGRA cut-out as ``color.jpg`` (its colours, edge colours included) and ``alpha.png`` (its matte)."""
+    if fmt is OutputFormat.ZIP:
+        if pixels.ndim != 3 or pixels.shape[2] != 4:
+            raise ImageError("a ZIP holds a cut-out (colours and matte)", code="unsupported_format")
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:  # both parts are compressed already
+            archive.writestr(
+                "color.jpg", encode_image(np.ascontiguousarray(pixels[..., :3]), OutputFormat.JPEG, quality)
+            )
+            archive.writestr("alpha.png", encode_image(np.ascontiguousarray(pixels[..., 3]), OutputFormat.PNG, quality))
+        return buffer.getvalue()
     if fmt is OutputFormat.JPEG:
         if pixels.ndim == 3 and pixels.shape[2] == 4:
             raise ImageError("JPEG cannot hold transparency", code="unsupported_format")

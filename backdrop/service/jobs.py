@@ -37,6 +37,12 @@ RUNNING_SET = "backdrop:running"
 QUEUED_SET = "backdrop:queued"
 # Queued jobs whose message was missing at one sweep, by when: re-sent if still missing at a later one.
 MISSING_SET = "backdrop:message-missing"
+# Every terminal transition publishes the job's id here (in the same script): the API's waiting
+# requests are told at once (``backdrop.service.events``).
+ENDED_CHANNEL = "backdrop:job-ended"
+# Finished jobs with a callback_url whose webhook is not delivered yet, by when the next attempt is due
+# (the outbox: a delivery lost with its worker is found here again).
+WEBHOOK_DUE_SET = "backdrop:webhooks-due"
 # kombu's Redis transport keeps delivered, unacknowledged messages in this hash (by delivery tag).
 KOMBU_UNACKED = KombuRedisChannel.unacked_key
 T = TypeVar("T")
@@ -95,6 +101,8 @@ class ResultObject:
     width: int
     height: int
     bytes: int
+    # Photos: where the subject is in the result (top, left, width, height of its non-transparent box).
+    foreground: dict[str, int] | None = None
     # Videos only: length, frames written, average frame rate, and whether there is sound.
     duration_s: float | None = None
     frames: int | None = None
@@ -125,6 +133,9 @@ class JobRecord:
     # Videos: what the source is (probe), and how many chunks it is rendered in.
     source: dict[str, Any] | None = None
     chunks: int | None = None
+    # Where the job's JSON is POSTed when it ends, and how that delivery goes (``WebhookState``).
+    callback_url: str | None = None
+    webhook: dict[str, Any] | None = None
 
     @property
     def is_video(self) -> bool:
@@ -153,6 +164,8 @@ class JobRecord:
             "attempts": self.attempts,
             "source": self.source,
             "chunks": self.chunks,
+            "callback_url": self.callback_url,
+            "webhook": self.webhook,
         }
         return {k: json.dumps(v) for k, v in values.items() if v is not None}
 
@@ -181,12 +194,26 @@ class JobRecord:
             attempts=int(values.get("attempts") or 0),
             source=values.get("source"),
             chunks=values.get("chunks"),
+            callback_url=values.get("callback_url"),
+            webhook=values.get("webhook"),
         )
 
 
-# KEYS[1] job, KEYS[2] queued set, KEYS[3] running set; ARGV: now, job id. Cancels a queued job, or a
-# running video (its chunk workers see it within a second and stop); returns the status it found.
-_CANCEL = """
+# What every terminal transition does besides writing the record: tells the API's waiting requests, and
+# puts a job with a callback_url in the webhook outbox (KEYS[1] job, KEYS[#KEYS] outbox; job id, now).
+_ENDED = f"""
+local function ended(job_key, outbox, job_id, now)
+  redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
+  if redis.call('HEXISTS', job_key, 'callback_url') == 1 then redis.call('ZADD', outbox, now, job_id) end
+end
+"""
+
+# KEYS[1] job, KEYS[2] queued set, KEYS[3] running set, KEYS[4] webhook outbox; ARGV: now, job id.
+# Cancels a queued job, or a running video (its chunk workers see it within a second and stop); returns
+# the status it found.
+_CANCEL = (
+    _ENDED
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return 'missing' end
 local running_video = status == '"running"' and redis.call('HGET', KEYS[1], 'kind') == '"video"'
@@ -194,11 +221,13 @@ if status == '"queued"' or running_video then
   redis.call('HSET', KEYS[1], 'status', '"cancelled"', 'finished_at', ARGV[1])
   redis.call('ZREM', KEYS[2], ARGV[2])
   redis.call('ZREM', KEYS[3], ARGV[2])
+  ended(KEYS[1], KEYS[4], ARGV[2], ARGV[1])
   if running_video then return 'cancelled_running' end
   return 'cancelled'
 end
 return status
 """
+)
 
 # KEYS[1] job, KEYS[2] its progress hash, KEYS[3] running set; ARGV: chunk, frames done, now, job id, ttl.
 # Records a chunk's progress and the job's heartbeat; returns the job's status (a chunk stops when it is
@@ -242,15 +271,19 @@ redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
 return {'run', attempts, redis.call('HGETALL', KEYS[1])}
 """
 
-# KEYS[1] job, KEYS[2] running set; ARGV: job id, field, value, ... Records a terminal state once,
-# only over "running".
-_FINISH = """
+# KEYS[1] job, KEYS[2] running set, KEYS[3] webhook outbox; ARGV: job id, now, field, value, ...
+# Records a terminal state once, only over "running".
+_FINISH = (
+    _ENDED
+    + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"running"' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('ZREM', KEYS[2], ARGV[1])
+ended(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
 return 1
 """
+)
 
 # KEYS: the queues' lists, then kombu's hash of delivered but unacknowledged messages; ARGV: job ids.
 # Returns the ids no message names. One script, so a message cannot move from a list to the hash
@@ -270,6 +303,28 @@ for _, id in ipairs(ARGV) do
   if not named[id] then table.insert(missing, id) end
 end
 return missing
+"""
+
+
+# KEYS[1] job, KEYS[2] outbox, KEYS[3] delivery lock; ARGV: lock token, webhook JSON, job id, next
+# attempt's score ('' when the delivery is over). Records one attempt's outcome, only while holding the
+# lock; a delivery that is over leaves the outbox.
+_WEBHOOK_ATTEMPT = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'webhook', ARGV[2]) end
+if ARGV[4] == '' then redis.call('ZREM', KEYS[2], ARGV[3]) else redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3]) end
+redis.call('DEL', KEYS[3])
+return 1
+"""
+WEBHOOK_LOCK_PREFIX = "backdrop:webhook-lock:"
+
+# KEYS[1] delivery lock, KEYS[2] outbox; ARGV: lock token, job id, now. Takes the lock only when the job's
+# delivery is due (a process that read the outbox a moment ago must not attempt what another just did).
+_WEBHOOK_LOCK = """
+local due = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if not due or tonumber(due) > tonumber(ARGV[3]) then return 0 end
+if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[4]) then return 0 end
+return 1
 """
 
 
@@ -294,6 +349,8 @@ class JobStore:
         self._start = client.register_script(_START)
         self._finish = client.register_script(_FINISH)
         self._without_message = client.register_script(_WITHOUT_MESSAGE)
+        self._webhook_attempt = client.register_script(_WEBHOOK_ATTEMPT)
+        self._webhook_lock = client.register_script(_WEBHOOK_LOCK)
 
     @classmethod
     def connect(cls, url: str, *, ttl_s: int) -> JobStore:
@@ -340,7 +397,8 @@ class JobStore:
     def cancel(self, job_id: str) -> str:
         """``cancelled`` (it was queued), ``cancelled_running`` (a running video), ``missing``, or the
         (quoted) status that prevented it."""
-        keys, args = [KEY_PREFIX + job_id, QUEUED_SET, RUNNING_SET], [json.dumps(time.time()), job_id]
+        keys = [KEY_PREFIX + job_id, QUEUED_SET, RUNNING_SET, WEBHOOK_DUE_SET]
+        args = [json.dumps(time.time()), job_id]
         return str(guard_redis(lambda: self._cancel(keys=keys, args=args)))
 
     # Videos: a job's chunks report progress and completion beside its record.
@@ -390,6 +448,7 @@ class JobStore:
         fields = record.to_hash()
         fields.pop("attempts", None)
         fields.pop("status", None)
+        fields.pop("webhook", None)
         args: list[str] = [record.id, *(item for pair in fields.items() for item in pair)]
         return bool(guard_redis(lambda: self._update(keys=[KEY_PREFIX + record.id], args=args)))
 
@@ -407,8 +466,10 @@ class JobStore:
         """Record ``record``'s terminal state if the job is still running; False if it was not."""
         fields = record.to_hash()
         fields.pop("attempts", None)  # counted by start(); never rewound
-        args: list[str] = [record.id, *(item for pair in fields.items() for item in pair)]
-        return bool(guard_redis(lambda: self._finish(keys=[KEY_PREFIX + record.id, RUNNING_SET], args=args)))
+        fields.pop("webhook", None)  # the delivery's own state, written by the delivery alone
+        args: list[str] = [record.id, json.dumps(time.time()), *(item for pair in fields.items() for item in pair)]
+        keys = [KEY_PREFIX + record.id, RUNNING_SET, WEBHOOK_DUE_SET]
+        return bool(guard_redis(lambda: self._finish(keys=keys, args=args)))
 
     def running_since_before(self, cutoff: float, *, job_id: str | None = None) -> list[str]:
         """Ids of jobs that started running (videos: last reported progress) before ``cutoff`` (epoch
@@ -479,6 +540,30 @@ class JobStore:
     def fail(self, record: JobRecord, code: str, message: str) -> bool:
         error = {"code": code, "message": message}
         return self.finish(replace(record, status=JobStatus.FAILED, finished_at=time.time(), error=error))
+
+    # Webhooks: the outbox of finished jobs whose callback is not delivered yet (``worker.webhooks``).
+
+    def webhooks_due(self, now: float, limit: int = 100) -> list[str]:
+        """Jobs whose webhook delivery (first, or next attempt) is due at ``now``."""
+        return list(guard_redis(lambda: self._redis.zrangebyscore(WEBHOOK_DUE_SET, "-inf", now, start=0, num=limit)))
+
+    def next_webhook_due(self) -> float | None:
+        """When the earliest pending delivery is due (None: nothing pending)."""
+        first = guard_redis(lambda: self._redis.zrange(WEBHOOK_DUE_SET, 0, 0, withscores=True))
+        return float(first[0][1]) if first else None
+
+    def lock_webhook(self, job_id: str, token: str, ttl_s: float, now: float) -> bool:
+        """Take the job's delivery for ``ttl_s`` if it is due at ``now`` (one attempt at a time, whichever
+        process is first)."""
+        keys = [WEBHOOK_LOCK_PREFIX + job_id, WEBHOOK_DUE_SET]
+        args = [token, job_id, repr(now), int(ttl_s * 1000)]
+        return bool(guard_redis(lambda: self._webhook_lock(keys=keys, args=args)))
+
+    def record_webhook_attempt(self, job_id: str, token: str, state: dict[str, Any], next_due: float | None) -> bool:
+        """Write the delivery's state and its next due time (None: it is over), releasing the lock."""
+        keys = [KEY_PREFIX + job_id, WEBHOOK_DUE_SET, WEBHOOK_LOCK_PREFIX + job_id]
+        args = [token, json.dumps(state), job_id, "" if next_due is None else repr(next_due)]
+        return bool(guard_redis(lambda: self._webhook_attempt(keys=keys, args=args)))
 
     def claim_idempotency_key(self, key: str, fingerprint: str, job_id: str) -> str | None:
         """Bind ``key`` to this request; returns the earlier job id when the same request came before,

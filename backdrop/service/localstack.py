@@ -6,6 +6,7 @@ pieces on free ports. Everything binds to 127.0.0.1; data lives under the given 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -286,9 +287,8 @@ def start_live(env: Mapping[str, str], *, port: int, log_path: Path | None) -> M
 
 def start_api(env: Mapping[str, str], *, port: int, log_path: Path | None, processes: int = 2) -> ManagedProcess:
     command = [
-        sys.executable, "-m", "gunicorn", "api.wsgi:app", "--bind", f"{HOST}:{port}",
-        "--workers", str(processes), "--worker-class", "gthread", "--threads", "8",
-        "--timeout", "60", "--graceful-timeout", "20",
+        sys.executable, "-m", "gunicorn", "api.wsgi:app", "--config", "python:api.gunicorn_config",
+        "--bind", f"{HOST}:{port}", "--workers", str(processes),
     ]  # fmt: skip
     process = _spawn("api", command, log_path=log_path, env=env)
     _wait_until(lambda: _http_ok(f"http://{HOST}:{port}/healthz"), f"API on port {port}", process, 30)
@@ -452,6 +452,11 @@ def main() -> int:
     base_env = dict(os.environ)
     # One inference thread per worker process by default: the processes share the cores.
     base_env.setdefault("BACKDROP_THREADS", str(max(1, (os.cpu_count() or 1) // settings.workers)))
+    # Webhooks on one machine: receivers on loopback are allowed, and a secret is made if none is given.
+    base_env.setdefault("BACKDROP_WEBHOOK_ALLOW_PRIVATE", "true")
+    webhook_secret = base_env.setdefault(
+        "BACKDROP_WEBHOOK_SECRETS", "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    )
     print(f"Starting Backdrop: Redis, S3, {settings.workers} worker process(es), API ... (data in {root})")
     try:
         stack.start(base_env)
@@ -469,6 +474,7 @@ def main() -> int:
         f"{flower}"
         f"  Redis:     redis://{HOST}:{stack.redis_port}/0\n"
         f"  S3:        http://{HOST}:{stack.s3_port}  bucket {stack.bucket}\n"
+        f"  Webhooks:  signed with {webhook_secret.split(',')[0]} (BACKDROP_WEBHOOK_SECRETS)\n"
         f"  Logs:      {root / 'log'}\n\n"
         f"  Ctrl-C stops everything.\n",
         flush=True,

@@ -43,6 +43,11 @@ STAGE_SECONDS = Histogram("backdrop_stage_seconds", "Time per pipeline stage", [
 MODEL_LOAD_SECONDS = Histogram(
     "backdrop_model_load_seconds", "Time a worker process took to load its models", buckets=STAGE_BUCKETS
 )
+WEBHOOK_DELIVERIES = Counter(
+    "backdrop_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered; retry: will be tried again; failed: given up)",
+    ["outcome"],
+)
 VIDEO_FRAMES = Counter("backdrop_video_frames_total", "Video frames rendered")
 VIDEO_SECONDS = Counter("backdrop_video_seconds_total", "Seconds of video delivered (joined results)")
 VIDEO_CHUNK_SECONDS = Histogram(

@@ -1,0 +1,124 @@
+"""Being told when a job ends: one Redis subscription per process, shared by every waiting request.
+
+Every terminal transition publishes the job's id on ``ENDED_CHANNEL`` from the same Lua script that
+writes the state (``backdrop.service.jobs``). A :class:`JobEndWaiter` holds one subscriber connection
+and a thread that wakes the requests waiting for that id: a request that waits costs a thread parked on
+an event, not a Redis connection and not a loop of status reads. A waiter registers before it reads the
+job's status, so an end between the two is never missed; after the subscription is (re)established,
+every waiter reads the status once more (messages published while it was down are gone).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from backdrop.service.jobs import ENDED_CHANNEL
+
+log = logging.getLogger("backdrop.events")
+# Between two attempts to subscribe again after the connection dropped.
+RESUBSCRIBE_DELAY_S = 0.5
+# The subscriber thread looks up from its socket this often (for the connection's health check).
+HEALTH_CHECK_EVERY_S = 1.0
+
+
+class _Waiting:
+    """One waiting request's event (set: read the job's status again)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+class JobEndWaiter:
+    """Waits for jobs to end (see the module's docstring). One per process: the thread starts on first
+    use, so a forking server (gunicorn) gets one per worker process."""
+
+    def __init__(self, redis_url: str) -> None:
+        self._redis_url = redis_url
+        self._lock = threading.Lock()
+        self._waiting: dict[str, list[_Waiting]] = {}
+        self._thread: threading.Thread | None = None
+        self._subscribed = threading.Event()
+
+    def wait(
+        self,
+        job_id: str,
+        timeout_s: float,
+        finished: Callable[[], bool],
+        *,
+        slice_s: float | None = None,
+        still_wanted: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Wait up to ``timeout_s`` for ``job_id`` to end; ``finished()`` reads whether it has (called
+        at the start, when told, and after a resubscription). With ``still_wanted``, it is asked every
+        ``slice_s`` seconds whether to go on waiting (a client that went away). Returns whether the job
+        ended in time."""
+        self._ensure_listening()
+        waiting = _Waiting()
+        with self._lock:
+            self._waiting.setdefault(job_id, []).append(waiting)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if finished():
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                if still_wanted is not None and not still_wanted():
+                    return False
+                waiting.event.wait(min(left, slice_s) if slice_s else left)
+                waiting.event.clear()
+        finally:
+            with self._lock:
+                waiters = self._waiting.get(job_id, [])
+                if waiting in waiters:
+                    waiters.remove(waiting)
+                if not waiters:
+                    self._waiting.pop(job_id, None)
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait now (all jobs)."""
+        with self._lock:
+            return sum(len(waiters) for waiters in self._waiting.values())
+
+    def _ensure_listening(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._listen, name="job-end-waiter", daemon=True)
+                self._thread.start()
+
+    def _wake(self, job_id: str | None) -> None:
+        """Wake the waiters of ``job_id`` (None: everyone, to read their job's status again)."""
+        with self._lock:
+            groups = list(self._waiting.values()) if job_id is None else [self._waiting.get(job_id, [])]
+            for waiters in groups:
+                for waiting in waiters:
+                    waiting.event.set()
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                # No read timeout on the subscription (it is quiet between jobs); a dead connection is
+                # found by the health check's PING instead.
+                client = redis.Redis.from_url(
+                    self._redis_url, socket_connect_timeout=1.0, socket_keepalive=True, health_check_interval=5
+                )
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(ENDED_CHANNEL)
+                self._subscribed.set()
+                self._wake(None)  # anything that ended while we were not listening
+                while True:
+                    message = pubsub.get_message(timeout=HEALTH_CHECK_EVERY_S)
+                    if message is not None and message.get("type") == "message":
+                        data = message["data"]
+                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                self._subscribed.clear()
+                log.warning("job-end subscription lost (%s); subscribing again", exc)
+                time.sleep(RESUBSCRIBE_DELAY_S)
