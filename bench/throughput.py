@@ -14,12 +14,20 @@ For 0.3 MP and 2.25 MP blur jobs (JPEG in, JPEG out):
 - CPU milliseconds per job of every process (the API's, the workers', Redis's, S3's and this load
   client's), from /proc, against the bare pipeline's own CPU per image.
 Then how many 0.3 MP uploads per second the API accepts while two workers process them (16 clients).
+
+With --compat instead (the drop-in routes and waiting answers, 0.3 MP cut-outs, one at a time):
+- remove.bg's route against ``POST /v1/jobs`` + polling every 5 ms + fetching the result: p50 of each and
+  the route's overhead;
+- webhooks: from the job's end (its record's finished_at) to the receiver's arrival, p50 and p95;
+- ``POST /v1/jobs`` latency (p50, p95) with no request waiting, and with 64 waiting (``Prefer: wait=60``
+  on jobs no worker takes meanwhile), and how many of the 64 did wait.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import http.server
 import json
 import multiprocessing
 import os
@@ -332,12 +340,160 @@ def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, d
             stack.stop()
 
 
+# --- the drop-in routes and the answers that wait ------------------------------------------------------
+
+
+def _multipart_fields(fields: dict[str, str], image: bytes, image_field: str) -> tuple[bytes, str]:
+    boundary = "backdrop-bench-" + os.urandom(8).hex()
+    parts = [
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    ]
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{image_field}"; filename="p.jpg"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode()
+        + image
+        + b"\r\n"
+    )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def compat(stack: LocalStack, image: bytes, count: int) -> None:
+    import requests
+
+    api = stack.api_url
+    settings = Settings.from_env(stack.env)
+    store = JobStore.connect(settings.redis_url, ttl_s=3600)
+    connection = Connection(api)
+    v1_body, v1_type = _multipart_fields({"effect": "cutout", "format": "png"}, image, "image")
+    rb_body, rb_type = _multipart_fields({"size": "full", "type": "person", "format": "png"}, image, "image_file")
+
+    def through_v1() -> float:
+        started = time.perf_counter()
+        _, answer = connection.call("POST", "/v1/jobs", v1_body, {"Content-Type": v1_type})
+        job_id = json.loads(answer)["id"]
+        while True:
+            _, answer = connection.call("GET", f"/v1/jobs/{job_id}")
+            job = json.loads(answer)
+            if JobStatus(job["status"]).finished:
+                break
+            time.sleep(0.005)
+        requests.get(job["result"]["url"], timeout=30).raise_for_status()
+        return (time.perf_counter() - started) * 1e3
+
+    def through_removebg() -> float:
+        started = time.perf_counter()
+        status, _ = connection.call("POST", "/v1.0/removebg", rb_body, {"Content-Type": rb_type})
+        if status != 200:
+            raise RuntimeError(f"remove.bg route answered {status}")
+        return (time.perf_counter() - started) * 1e3
+
+    for _ in range(3):  # warm-up
+        through_v1(), through_removebg()
+    v1, rb = [], []
+    for _ in range(count):  # alternating: the machine's drift hits both alike
+        v1.append(through_v1())
+        rb.append(through_removebg())
+    print(f"0.3 MP cut-out, one at a time, {count} each:")
+    for label, times in (("POST /v1/jobs + poll every 5 ms + fetch", v1), ("POST /v1.0/removebg (waits)", rb)):
+        print(f"  {label:>40}: p50 {statistics.median(times):6.1f} ms  p95 {percentile(times, 0.95):6.1f}")
+    print(f"  the route's overhead, p50: {statistics.median(rb) - statistics.median(v1):+.1f} ms")
+
+    # Webhooks: a receiver on loopback, arrival against the record's finished_at.
+    arrivals: dict[str, float] = {}
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            arrivals[json.loads(body)["id"]] = time.time()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    hook_body, hook_type = _multipart_fields({"callback_url": hook}, image, "image")
+    ids = []
+    for _ in range(count):
+        _, answer = connection.call("POST", "/v1/jobs", hook_body, {"Content-Type": hook_type})
+        ids.append(json.loads(answer)["id"])
+        deadline = time.monotonic() + 30
+        while ids[-1] not in arrivals and time.monotonic() < deadline:
+            time.sleep(0.01)
+    delays = [(arrivals[i] - store.get(i).finished_at) * 1e3 for i in ids if i in arrivals]  # type: ignore[operator]
+    server.shutdown()
+    print(
+        f"webhooks: {len(delays)}/{count} arrived; from the job's end: p50 {statistics.median(delays):.1f} ms"
+        f"  p95 {percentile(delays, 0.95):.1f} ms"
+    )
+
+    # Submissions while 64 requests wait on jobs no worker takes meanwhile.
+    control = make_celery(settings).control
+    host = socket.gethostname()
+
+    def submissions(n: int) -> list[float]:
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            status, _ = connection.call("POST", "/v1/jobs", v1_body, {"Content-Type": v1_type})
+            times.append((time.perf_counter() - started) * 1e3)
+            if status != 202:
+                raise RuntimeError(f"submission answered {status}")
+        return times
+
+    control.cancel_consumer(settings.queue, destination=[f"backdrop@{host}"], reply=True, timeout=5)
+    try:
+        submissions(10)
+        alone = submissions(count * 2)
+        waited = []
+
+        def wait_one() -> None:
+            own = Connection(api)
+            started = time.perf_counter()
+            status, _ = own.call("POST", "/v1/jobs", v1_body, {"Content-Type": v1_type, "Prefer": "wait=60"})
+            waited.append((status, time.perf_counter() - started))
+            own.close()
+
+        waiters = [threading.Thread(target=wait_one, daemon=True) for _ in range(64)]
+        for thread in waiters:
+            thread.start()
+        time.sleep(2)  # every waiter has sent its request
+        still = sum(thread.is_alive() for thread in waiters)
+        crowded = submissions(count * 2)
+    finally:
+        control.add_consumer(settings.queue, destination=[f"backdrop@{host}"], reply=True, timeout=5)
+    for thread in waiters:
+        thread.join(timeout=120)
+    print(f"POST /v1/jobs alone: p50 {statistics.median(alone):.1f} ms  p95 {percentile(alone, 0.95):.1f} ms")
+    print(
+        f"with 64 requests waiting ({still} waiting when measured): p50 {statistics.median(crowded):.1f} ms"
+        f"  p95 {percentile(crowded, 0.95):.1f} ms  ({percentile(crowded, 0.95) / percentile(alone, 0.95):.2f}x)"
+    )
+    connection.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small-jobs", type=int, default=120)
     parser.add_argument("--large-jobs", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (medians are printed)")
+    parser.add_argument("--compat", action="store_true", help="the drop-in routes, webhooks and waiting answers")
     args = parser.parse_args()
+    if args.compat:
+        env = {**os.environ, "BACKDROP_WORKER_METRICS_PORT": "0", "BACKDROP_WEBHOOK_ALLOW_PRIVATE": "true",
+               "BACKDROP_WEBHOOK_SECRETS": "whsec_" + "YmVuY2gtd2ViaG9vay1zZWNyZXQtMTIz"}  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="backdrop-compat-") as root:
+            stack = LocalStack(root=Path(root), api_port=free_port(), workers=2)
+            stack.start(env)
+            try:
+                print(f"machine: {os.cpu_count()} cores; make run's stack (2 worker processes, 2 API processes)\n")
+                compat(stack, jpeg(*SIZES["0.3 MP"]), args.small_jobs // 4)
+            finally:
+                stack.stop()
+        return 0
     images = {label: jpeg(*size) for label, size in SIZES.items()}
     sizes = ", ".join(f"{label} {len(image) // 1024} KiB" for label, image in images.items())
     print(f"machine: {os.cpu_count()} cores; one inference thread per process; JPEGs: {sizes}\n")
