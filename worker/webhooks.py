@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis
 import urllib3
 
+from backdrop.service.events import subscribe_to_ends
 from backdrop.service.job_view import job_view
-from backdrop.service.jobs import ENDED_CHANNEL, JobStore
+from backdrop.service.jobs import JobStore
 from backdrop.service.observability import WEBHOOK_DELIVERIES
 from backdrop.service.storage import Storage
 from backdrop.service.webhooks import CallbackRefused, Target, resolve_callback, signature
@@ -181,14 +181,9 @@ class WebhookDispatcher:
         return attempted
 
     def _run(self) -> None:
-        settings = self.deliverer.settings
         while True:
             try:
-                client = redis.Redis.from_url(
-                    settings.redis_url, socket_connect_timeout=1.0, socket_keepalive=True, health_check_interval=5
-                )
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(ENDED_CHANNEL)
+                pubsub = subscribe_to_ends(self.deliverer.settings.redis_url)
                 while True:
                     self.deliver_due()
                     due = self.deliverer.jobs.next_webhook_due()

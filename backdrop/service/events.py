@@ -26,6 +26,16 @@ RESUBSCRIBE_DELAY_S = 0.5
 HEALTH_CHECK_EVERY_S = 1.0
 
 
+def subscribe_to_ends(redis_url: str) -> redis.client.PubSub:
+    """A subscription to ``ENDED_CHANNEL`` on a connection of its own: no read timeout (it is quiet between
+    jobs); a dead connection is found by the health check's PING, which needs ``get_message`` called at
+    least every few seconds."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_keepalive=True, health_check_interval=5)
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(ENDED_CHANNEL)
+    return pubsub
+
+
 class _Waiting:
     """One waiting request's event (set: read the job's status again)."""
 
@@ -42,7 +52,6 @@ class JobEndWaiter:
         self._lock = threading.Lock()
         self._waiting: dict[str, list[_Waiting]] = {}
         self._thread: threading.Thread | None = None
-        self._subscribed = threading.Event()
 
     def wait(
         self,
@@ -104,14 +113,7 @@ class JobEndWaiter:
     def _listen(self) -> None:
         while True:
             try:
-                # No read timeout on the subscription (it is quiet between jobs); a dead connection is
-                # found by the health check's PING instead.
-                client = redis.Redis.from_url(
-                    self._redis_url, socket_connect_timeout=1.0, socket_keepalive=True, health_check_interval=5
-                )
-                pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(ENDED_CHANNEL)
-                self._subscribed.set()
+                pubsub = subscribe_to_ends(self._redis_url)
                 self._wake(None)  # anything that ended while we were not listening
                 while True:
                     message = pubsub.get_message(timeout=HEALTH_CHECK_EVERY_S)
@@ -119,6 +121,5 @@ class JobEndWaiter:
                         data = message["data"]
                         self._wake(data.decode() if isinstance(data, bytes) else str(data))
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                self._subscribed.clear()
                 log.warning("job-end subscription lost (%s); subscribing again", exc)
                 time.sleep(RESUBSCRIBE_DELAY_S)
