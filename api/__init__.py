@@ -47,7 +47,7 @@ class Services:
         storage = open_storage(settings)
         return cls(
             settings=settings,
-            jobs=JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s),
+            jobs=JobStore.from_settings(settings),
             storage=storage,
             uploads=Uploads.connect(settings, storage),
             celery=make_celery(settings),

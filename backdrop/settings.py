@@ -136,6 +136,9 @@ class Settings:
     video_task_time_limit_s: int = 960
     visibility_timeout_s: int = 3600
     max_attempts: int = 3
+    # A running job's (or video part's) lease: renewed by its worker every third of it; another worker
+    # takes the job over once it runs out (a worker cut off or gone).
+    lease_s: float = 30.0
     worker_models: tuple[str, ...] = ("selfie", "deeplab")
     sweep_interval_s: int = 60
     max_queue_depth: int = 0
@@ -200,6 +203,9 @@ class Settings:
                 "BACKDROP_VISIBILITY_TIMEOUT_S must exceed BACKDROP_TASK_TIME_LIMIT_S and "
                 "BACKDROP_VIDEO_TASK_TIME_LIMIT_S"
             )
+        if self.lease_s < 1:
+            # Renewed every third of it: shorter leases are lost to a slow round trip.
+            raise SettingsError("BACKDROP_LEASE_S must be at least 1")
         if any(len(key) < 16 for key in self.api_keys):
             raise SettingsError("BACKDROP_API_KEYS: every key must be at least 16 characters")
         for secret in self.webhook_secrets:
@@ -278,6 +284,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "video_task_time_limit_s": ("BACKDROP_VIDEO_TASK_TIME_LIMIT_S", _positive_int),
     "visibility_timeout_s": ("BACKDROP_VISIBILITY_TIMEOUT_S", _positive_int),
     "max_attempts": ("BACKDROP_MAX_ATTEMPTS", _positive_int),
+    "lease_s": ("BACKDROP_LEASE_S", _positive_float),
     "worker_models": ("BACKDROP_WORKER_MODELS", _name_list),
     "sweep_interval_s": ("BACKDROP_SWEEP_INTERVAL_S", _positive_int),
     "max_queue_depth": ("BACKDROP_MAX_QUEUE_DEPTH", int),

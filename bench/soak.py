@@ -27,7 +27,7 @@ import cv2
 import requests
 from skimage import data as samples
 
-from backdrop.service.jobs import JobStatus, JobStore
+from backdrop.service.jobs import JobStatus, JobStore, job_of_result
 from backdrop.service.localstack import LocalStack, free_port
 from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
@@ -98,7 +98,7 @@ def client(api: str, jobs: int, seed: int, ledger: Ledger, photos: list[bytes], 
 def result_counts(settings: Settings) -> Counter:
     """Result objects per job id."""
     keys = open_storage(settings).list_keys("results/")
-    return Counter(key.split("/", 1)[1].split(".", 1)[0] for key in keys)
+    return Counter(job_of_result(key) for key in keys)
 
 
 def run_soak(stack: LocalStack, *, clients: int, jobs: int, timeout_s: float = 600) -> dict:

@@ -37,6 +37,7 @@ FAULT_ENV = {
     "BACKDROP_STORAGE_RETRIES": "3",
     "BACKDROP_STORAGE_RETRY_BACKOFF_S": "0.5",  # retry budget: 0.5 + 1 + 2 = 3.5 s
     "BACKDROP_MAX_ATTEMPTS": "3",
+    "BACKDROP_LEASE_S": "3",
 }
 
 
@@ -141,7 +142,31 @@ def test_sigkill_mid_job_is_redelivered_and_stored_once(stack, settings, store, 
     record = finished(store, job_id)
     assert record.status is JobStatus.SUCCEEDED, record.error
     assert record.attempts == 2 and pid_of(record) != pid_of(first)
-    assert result_objects(settings, job_id) == [f"results/{job_id}.jpg"]
+    assert result_objects(settings, job_id) == [record.result.key]
+
+
+def test_a_worker_that_stops_answering_is_taken_over_and_fenced_out(stack, settings, store, astronaut_jpeg):
+    """A process frozen mid-job (SIGSTOP: alive, silent, as behind a partition) stops renewing its lease:
+    the other process takes the job over within the lease; when the frozen one wakes, nothing it does
+    counts and nothing it stored stays."""
+    job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 2))
+    first = running(store, job_id)
+    frozen = pid_of(first)
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        frozen_at = time.monotonic()
+        record = finished(store, job_id, timeout_s=settings.lease_s + 30)
+        # Taken over within the lease (plus a renewal period and the scan), then done in ~2 s more.
+        assert time.monotonic() - frozen_at < settings.lease_s + 2 * 2 + 5
+        assert record.status is JobStatus.SUCCEEDED and record.attempts == 2 and pid_of(record) != frozen
+    finally:
+        os.kill(frozen, signal.SIGCONT)
+    worker = stack.process("worker-backdrop")
+    gave_up = (f"job {job_id}: a later attempt has it", f"job {job_id}: taken over by another worker")
+    wait_for(lambda: any(line in worker.log_text() for line in gave_up), 20, "the frozen attempt to give up")
+    time.sleep(0.5)
+    assert store.get(job_id) == record  # the late attempt wrote nothing
+    assert result_objects(settings, job_id) == [record.result.key]
 
 
 def test_sigterm_lets_the_running_job_finish(stack, settings, store, astronaut_jpeg):
@@ -203,7 +228,7 @@ def test_a_job_whose_message_was_lost_is_queued_again_by_the_sweep(stack, settin
     assert sweep(settings, store, storage, resend, now=now + 31)["requeued_jobs"] == 1
     record = finished(store, job_id)
     assert record.status is JobStatus.SUCCEEDED and record.attempts == 1, record.error
-    assert result_objects(settings, job_id) == [f"results/{job_id}.jpg"]
+    assert result_objects(settings, job_id) == [record.result.key]
 
 
 def test_s3_outage_is_retried_until_it_returns(stack, settings, store, astronaut_jpeg):

@@ -74,7 +74,7 @@ def runner() -> VideoRunner:
             pipeline = Pipeline(settings, on_batch=BATCH_SIZE.observe)
             pipeline.preload(settings.worker_models)
             storage = open_storage(settings)
-            jobs = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
+            jobs = JobStore.from_settings(settings)
             _runner = VideoRunner(
                 settings,
                 pipeline,
@@ -83,7 +83,9 @@ def runner() -> VideoRunner:
                 jobs,
                 queue_task=lambda name, args, queue: enqueue_part(app, name, args, queue),
             )
-            # Every worker process delivers due webhooks (one attempt per job at a time, whoever is first).
+            # Every worker process renews its attempts' leases and takes over expired ones, and delivers due
+            # webhooks (one attempt per job at a time, whoever is first).
+            _runner.leases.start()
             WebhookDispatcher(WebhookDeliverer(settings, jobs, storage)).start()
             MODEL_LOAD_SECONDS.observe(time.perf_counter() - started)
             log.info(
@@ -153,7 +155,7 @@ class JobTask(Task):
         global _parent_jobs
         if not isinstance(exc, TimeLimitExceeded) or not args:
             return
-        _parent_jobs = _parent_jobs or JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
+        _parent_jobs = _parent_jobs or JobStore.from_settings(settings)
         record = _parent_jobs.get(str(args[0]))
         if record is not None:
             limit = settings.video_task_time_limit_s if record.is_video else settings.task_time_limit_s

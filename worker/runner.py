@@ -17,23 +17,34 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from backdrop.errors import BackdropError
 from backdrop.pipeline import Pipeline
-from backdrop.service.jobs import BrokerUnavailable, JobRecord, JobStore, ResultObject
+from backdrop.service.jobs import (
+    JOIN_PART,
+    RUN_PART,
+    BrokerUnavailable,
+    JobRecord,
+    JobStatus,
+    JobStore,
+    Lease,
+    ResultObject,
+    result_key,
+    result_prefix,
+)
 from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, observe_stages
+from backdrop.service.queue import CHUNK_TASK, JOIN_TASK, PROCESS_TASK, VIDEO_TASK
 from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
 from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
 from worker import faults
+from worker.leases import HeldLease, LeaseKeeper, LeaseLost
 
 log = logging.getLogger("backdrop.worker")
 T = TypeVar("T")
 
 
-def result_key(record: JobRecord, extension: str) -> str:
-    # Fixed per job: a redelivered job overwrites the same object instead of leaving a second one.
-    return f"results/{record.id}.{extension}"
-
-
 class JobRunner:
+    """Runs image jobs; ``queue_task(name, args, queue)`` sends a message for part of a job (a part taken
+    over from an expired lease; a video's chunks and join)."""
+
     def __init__(
         self,
         settings: Settings,
@@ -42,6 +53,7 @@ class JobRunner:
         uploads: Uploads,
         jobs: JobStore,
         *,
+        queue_task: Callable[[str, list, str], None],
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
@@ -51,6 +63,8 @@ class JobRunner:
         self.jobs = jobs
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self._sleep = sleep
+        self._queue_task = queue_task
+        self.leases = LeaseKeeper(jobs, self.requeue)
 
     def _with_retries(self, operation: Callable[[], T]) -> T:
         """Retry transient S3 or Redis failures with exponential backoff, then give up."""
@@ -84,28 +98,66 @@ class JobRunner:
             if decision.action == "cancelled" and (record := self.jobs.get(job_id)) is not None:
                 self._delete_inputs(record)
             return "skipped"
-        record = decision.record
-        if record is None:
+        record, lease = decision.record, decision.lease
+        if record is None or lease is None:
             return "skipped"
         try:
-            return self._process(record)
+            with self.leases.hold(lease) as held:
+                return self._process(record, held)
+        except LeaseLost:
+            log.warning("job %s: taken over by another worker; this attempt's work is dropped", job_id)
+            return "fenced"
         except SoftTimeLimitExceeded:
-            return self._fail(record, "timeout", f"the job ran longer than {self.settings.task_soft_time_limit_s} s")
+            limit = self.settings.task_soft_time_limit_s
+            return self._fail(record, "timeout", f"the job ran longer than {limit} s", lease)
         except ObjectNotFound:
-            return self._fail(record, "input_missing", "the uploaded image is no longer in storage")
+            return self._fail(record, "input_missing", "the uploaded image is no longer in storage", lease)
         except BackdropError as exc:
-            return self._fail(record, exc.code, exc.message)
+            return self._fail(record, exc.code, exc.message, lease)
         except Exception as exc:
             log.exception("job %s failed unexpectedly", job_id)
-            return self._fail(record, "internal_error", f"processing failed unexpectedly ({type(exc).__name__})")
+            message = f"processing failed unexpectedly ({type(exc).__name__})"
+            return self._fail(record, "internal_error", message, lease)
 
-    def _fail(self, record: JobRecord, code: str, message: str) -> str:
+    def _fail(self, record: JobRecord, code: str, message: str, lease: Lease | None = None) -> str:
+        """Record the failure (for ``lease``'s attempt, if it is still the current one)."""
         log.warning("job failed: %s: %s", code, message)
-        if self._with_retries(lambda: self.jobs.fail(record, code, message)):
-            JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
-            JOB_FAILURES.labels(code).inc()
-            self._delete_inputs(record)
+        if not self._with_retries(lambda: self.jobs.fail(record, code, message, lease)):
+            return "skipped"
+        JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
+        JOB_FAILURES.labels(code).inc()
+        self._delete_inputs(record)
         return "failed"
+
+    def requeue(self, lease: Lease) -> bool:
+        """Send the message that runs an expired ``lease``'s part again (False: the job no longer runs)."""
+        record = self._with_retries(lambda: self.jobs.get(lease.job_id))
+        if record is None or record.status is not JobStatus.RUNNING:
+            return False
+        queue = self.settings.queue_for(record.params.model)
+        if lease.part == RUN_PART:
+            self._queue_task(VIDEO_TASK if record.is_video else PROCESS_TASK, [lease.job_id], queue)
+        elif lease.part == JOIN_PART:
+            self._queue_task(JOIN_TASK, [lease.job_id], queue)
+        else:
+            self._queue_task(CHUNK_TASK, [lease.job_id, int(lease.part)], queue)
+        return True
+
+    def _linked_or_deleted(self, recorded: bool, key: str, lease: Lease) -> bool:
+        """After the terminal write: an object a refused (late) attempt stored is deleted; the current
+        attempt deletes what earlier attempts of the job stored and never linked (a worker that died between
+        storing and recording)."""
+        try:
+            if not recorded:
+                log.warning("job %s: a later attempt has it; %s deleted (never linked)", lease.job_id, key)
+                self.storage.delete(key)
+            elif lease.fence > 1:
+                stale = [k for k in self.storage.list_keys(result_prefix(lease.job_id)) if k != key]
+                if stale:
+                    self.storage.delete(*stale)
+        except (StorageUnavailable, BrokerUnavailable):
+            log.warning("job %s: unlinked result objects not deleted now; the sweep deletes them", lease.job_id)
+        return recorded
 
     def _delete_inputs(self, record: JobRecord) -> None:
         """Uploads are kept only while a job may still need them; the sweep catches what this misses."""
@@ -115,7 +167,7 @@ class JobRunner:
         except (StorageUnavailable, BrokerUnavailable):
             log.warning("job %s: inputs could not be deleted now; they expire with the job", record.id)
 
-    def _process(self, record: JobRecord) -> str:
+    def _process(self, record: JobRecord, held: HeldLease) -> str:
         started = time.perf_counter()
         # Checked between stages: the time limit in a threads pool, where Celery's limits do not apply.
         limit_s = self.settings.task_soft_time_limit_s
@@ -130,8 +182,9 @@ class JobRunner:
 
         result = self.pipeline.process(image, record.params, background, deadline=deadline, limit_s=limit_s)
 
+        held.check()  # taken over meanwhile: store nothing
         stored_at = time.perf_counter()
-        key = result_key(record, result.format.extension)
+        key = result_key(held.lease, result.format.extension)
         self._with_retries(lambda: self.storage.put(key, result.data, result.content_type))
         timings = {
             "download": round((fetched - started) * 1e3, 2),
@@ -155,10 +208,11 @@ class JobRunner:
                 ),
                 worker=self.worker_id,
                 engine_loads=self.pipeline.engine_loads,
+                lease=held.lease,
             )
         )
-        if not recorded:
-            return "skipped"
+        if not self._linked_or_deleted(recorded, key, held.lease):
+            return "fenced"
         JOBS_PROCESSED.labels(record.params.effect.value, "succeeded").inc()
         observe_stages(timings)
         log.info("job succeeded in %.0f ms", sum(timings.values()))

@@ -23,6 +23,7 @@ from redis.retry import Retry
 
 from backdrop.errors import BackdropError
 from backdrop.params import JobParams, MediaKind
+from backdrop.settings import Settings
 
 KEY_PREFIX = "backdrop:job:"
 # Beside a video job's record: frames done per chunk, frames written by each finished chunk, deliveries
@@ -37,6 +38,14 @@ RUNNING_SET = "backdrop:running"
 QUEUED_SET = "backdrop:queued"
 # Queued jobs whose message was missing at one sweep, by when: re-sent if still missing at a later one.
 MISSING_SET = "backdrop:message-missing"
+# Leases: a running attempt of a job's part (``run``: an image job, or a video's planning; a chunk's
+# index; ``join``) holds ``backdrop:lease:{job}:{part}`` (its fence: the attempt's number) while its
+# worker renews it; the set lists them by expiry ("{job}|{part}|{fence}"), so an attempt whose worker was
+# cut off or vanished is found when its lease runs out, and the part is handed to another worker.
+LEASE_PREFIX = "backdrop:lease:"
+LEASES_SET = "backdrop:leases"
+RUN_PART = "run"
+JOIN_PART = "join"
 # Every terminal transition publishes the job's id here (in the same script): the API's waiting
 # requests are told at once (``backdrop.service.events``).
 ENDED_CHANNEL = "backdrop:job-ended"
@@ -241,22 +250,32 @@ if status == '"running"' then redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4]) end
 return status
 """
 
-# KEYS[1] job; ARGV: job id, field, value, ... Writes fields of a running job (it stays running).
+# KEYS[1] job; ARGV: job id, fence ('': any attempt), field, value, ... Writes fields of a running job
+# (it stays running), if it is still that attempt's.
 _UPDATE = """
 if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+if ARGV[2] ~= '' and redis.call('HGET', KEYS[1], 'fence') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 return 1
 """
 
-# KEYS[1] chunks-done hash; ARGV: chunk, frames written, ttl. Returns how many chunks are done.
+# KEYS[1] chunks-done hash, KEYS[2] attempts per part, KEYS[3] the chunk's lease, KEYS[4] the lease
+# set, KEYS[5] job; ARGV: chunk, what it wrote (JSON: frames, key), ttl, fence, member. Returns how many
+# chunks are done, or -1 when a later attempt has the chunk or the job no longer runs (this one's output
+# is not used).
 _CHUNK_DONE = """
+if redis.call('HGET', KEYS[5], 'status') ~= '"running"' then return -1 end
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[4] then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('DEL', KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[5])
 return redis.call('HLEN', KEYS[1])
 """
 
-# KEYS[1] job, KEYS[2] running set, KEYS[3] queued set; ARGV: now, worker, max attempts, job id. A
-# redelivered message finds the job "running" and runs it again (its first worker died); a finished or
+# KEYS[1] job, KEYS[2] running set, KEYS[3] queued set, KEYS[4] its lease, KEYS[5] the lease set; ARGV:
+# now, worker, max attempts, job id, lease ms. A redelivered message (or a takeover) finds the job
+# "running" and runs it again as the next attempt, whose number fences the earlier ones out; a finished or
 # cancelled job is never run again. A job to run comes back with its record (no second round trip).
 _START = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -265,20 +284,76 @@ if status ~= '"queued"' and status ~= '"running"' then return {status, 0} end
 redis.call('ZREM', KEYS[3], ARGV[4])
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[3]) then return {'exhausted', attempts} end
-redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[2])
+redis.call('HSET', KEYS[1], 'status', '"running"', 'worker', ARGV[2], 'fence', attempts)
 if status == '"queued"' then redis.call('HSET', KEYS[1], 'started_at', ARGV[1]) end
 redis.call('ZADD', KEYS[2], ARGV[1], ARGV[4])
+redis.call('SET', KEYS[4], attempts, 'PX', ARGV[5])
+redis.call('ZREM', KEYS[5], ARGV[4] .. '|run|' .. (attempts - 1))
+redis.call('ZADD', KEYS[5], tonumber(ARGV[1]) + tonumber(ARGV[5]) / 1000, ARGV[4] .. '|run|' .. attempts)
 return {'run', attempts, redis.call('HGETALL', KEYS[1])}
 """
 
-# KEYS[1] job, KEYS[2] running set, KEYS[3] webhook outbox; ARGV: job id, now, field, value, ...
-# Records a terminal state once, only over "running".
+# KEYS[1] job's attempts per part, KEYS[2] the part's lease, KEYS[3] the lease set; ARGV: part, lease ms,
+# now, job id. One more attempt at a video's part (a chunk, the join): its number, and its lease.
+_BEGIN_PART = """
+local attempt = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('SET', KEYS[2], attempt, 'PX', ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[4] .. '|' .. ARGV[1] .. '|' .. (attempt - 1))
+redis.call('ZADD', KEYS[3], tonumber(ARGV[3]) + tonumber(ARGV[2]) / 1000, ARGV[4] .. '|' .. ARGV[1] .. '|' .. attempt)
+return attempt
+"""
+
+# KEYS[1] the lease, KEYS[2] the lease set; ARGV: fence, lease ms, now, member. Renews the lease if it is
+# still this attempt's (0: it ran out, or another attempt has the part now).
+_RENEW = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]) / 1000, ARGV[4])
+return 1
+"""
+
+# KEYS[1] job, KEYS[2] attempts per part, KEYS[3] the lease, KEYS[4] the lease set; ARGV: job id, part,
+# fence, member. Claims an expired attempt for a takeover: only once (whoever removes it from the set),
+# once the lease key is gone by Redis's own clock (the set's scores come from the workers' clocks), while
+# the job still runs and no later attempt has the part. 1: queue the part again. A member no longer worth
+# keeping (a later attempt holds the part, the job ended) leaves the set.
+_TAKE_OVER = """
+local holder = redis.call('GET', KEYS[3])
+if holder == ARGV[3] then return 0 end
+if redis.call('ZREM', KEYS[4], ARGV[4]) == 0 then return 0 end
+if holder then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
+local current
+if ARGV[2] == 'run' then
+  current = redis.call('HGET', KEYS[1], 'fence')
+else
+  current = redis.call('HGET', KEYS[2], ARGV[2])
+end
+if current ~= ARGV[3] then return 0 end
+return 1
+"""
+
+# KEYS[1] job, KEYS[2] running set, KEYS[3] webhook outbox, KEYS[4] attempts per part, KEYS[5] the
+# part's lease, KEYS[6] the lease set; ARGV: job id, now, part, fence ('': not an attempt's, e.g. the
+# sweep's), member, field, value, ... Records a terminal state once, only over "running", and only for
+# the part's current attempt: a late worker's outcome is refused (0).
 _FINISH = (
     _ENDED
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"running"' then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+if ARGV[4] ~= '' then
+  local current
+  if ARGV[3] == 'run' then
+    current = redis.call('HGET', KEYS[1], 'fence')
+  else
+    current = redis.call('HGET', KEYS[4], ARGV[3])
+  end
+  if current ~= ARGV[4] then return 0 end
+  redis.call('DEL', KEYS[5])
+  redis.call('ZREM', KEYS[6], ARGV[5])
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('ZREM', KEYS[2], ARGV[1])
 ended(KEYS[1], KEYS[3], ARGV[1], ARGV[2])
 return 1
@@ -330,18 +405,62 @@ return 1
 
 @dataclass(frozen=True)
 class StartDecision:
-    """``run``: process it (``attempt`` counts deliveries); ``exhausted``: too many deliveries;
-    otherwise the status that makes the message stale (``missing``, ``succeeded``, ``cancelled`` ...)."""
+    """``run``: process it (``attempt`` counts deliveries, and fences out the earlier ones); ``exhausted``:
+    too many deliveries; otherwise the status that makes the message stale (``missing``, ``succeeded``,
+    ``cancelled`` ...)."""
 
     action: str
     attempt: int
     record: JobRecord | None = None  # with ``run``: the job as it starts
 
+    @property
+    def lease(self) -> Lease | None:
+        """With ``run``: this attempt's lease on the job (held from the start; renew it)."""
+        return Lease(self.record.id, RUN_PART, self.attempt) if self.record is not None else None
+
+
+def lease_key(job_id: str, part: str) -> str:
+    return f"{LEASE_PREFIX}{job_id}:{part}"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """An attempt at a job's part: which job, which part, and its fence (the attempt's number)."""
+
+    job_id: str
+    part: str
+    fence: int
+
+    @property
+    def member(self) -> str:
+        return f"{self.job_id}|{self.part}|{self.fence}"
+
+    @classmethod
+    def parse(cls, member: str) -> Lease:
+        job_id, part, fence = member.split("|")
+        return cls(job_id, part, int(fence))
+
+
+def result_key(lease: Lease, extension: str) -> str:
+    """Where an attempt stores its result: one object per attempt, so a late attempt (fenced out) never
+    writes over the object the job links to."""
+    return f"{result_prefix(lease.job_id)}{lease.fence}.{extension}"
+
+
+def result_prefix(job_id: str) -> str:
+    return f"results/{job_id}-"
+
+
+def job_of_result(key: str) -> str:
+    """The job a result object belongs to (the inverse of :func:`result_key`)."""
+    return key.removeprefix("results/").rsplit("-", 1)[0]
+
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int, lease_s: float = 30.0) -> None:
         self._redis = client
         self._ttl_s = ttl_s
+        self.lease_s = lease_s
         self._cancel = client.register_script(_CANCEL)
         self._progress = client.register_script(_PROGRESS)
         self._chunk_done = client.register_script(_CHUNK_DONE)
@@ -351,10 +470,21 @@ class JobStore:
         self._without_message = client.register_script(_WITHOUT_MESSAGE)
         self._webhook_attempt = client.register_script(_WEBHOOK_ATTEMPT)
         self._webhook_lock = client.register_script(_WEBHOOK_LOCK)
+        self._begin_part = client.register_script(_BEGIN_PART)
+        self._renew = client.register_script(_RENEW)
+        self._take_over = client.register_script(_TAKE_OVER)
 
     @classmethod
-    def connect(cls, url: str, *, ttl_s: int) -> JobStore:
-        return cls(connect_redis(url), ttl_s=ttl_s)
+    def connect(cls, url: str, *, ttl_s: int, lease_s: float = 30.0) -> JobStore:
+        return cls(connect_redis(url), ttl_s=ttl_s, lease_s=lease_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        return cls(connect_redis(settings.redis_url), ttl_s=settings.job_ttl_s, lease_s=settings.lease_s)
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease_s * 1000))
 
     @property
     def redis(self) -> redis.Redis:
@@ -416,45 +546,86 @@ class JobStore:
         done = guard_redis(lambda: self._redis.hvals(KEY_PREFIX + job_id + PROGRESS_SUFFIX))
         return sum(int(value) for value in done)
 
-    def chunk_done(self, job_id: str, chunk: int, frames: int) -> int:
-        """Record that ``chunk`` is stored with ``frames`` frames; returns how many chunks are done (a
-        redelivered chunk counts once)."""
-        keys, args = [KEY_PREFIX + job_id + CHUNKS_DONE_SUFFIX], [chunk, frames, self._ttl_s]
+    def chunk_done(self, lease: Lease, frames: int, key: str) -> int:
+        """Record that the chunk ``lease.part`` is stored at ``key`` with ``frames`` frames; returns how many
+        chunks are done (a chunk counts once), or -1 when a later attempt has the chunk."""
+        keys = [
+            KEY_PREFIX + lease.job_id + CHUNKS_DONE_SUFFIX,
+            KEY_PREFIX + lease.job_id + ATTEMPTS_SUFFIX,
+            lease_key(lease.job_id, lease.part),
+            LEASES_SET,
+            KEY_PREFIX + lease.job_id,
+        ]
+        args = [lease.part, json.dumps({"frames": frames, "key": key}), self._ttl_s, lease.fence, lease.member]
         return int(guard_redis(lambda: self._chunk_done(keys=keys, args=args)))
 
-    def chunks_done(self, job_id: str) -> dict[int, int]:
-        """Frames written by each finished chunk."""
+    def chunks_done(self, job_id: str) -> dict[int, tuple[int, str]]:
+        """Each finished chunk's frames and where its attempt stored it."""
         raw = guard_redis(lambda: self._redis.hgetall(KEY_PREFIX + job_id + CHUNKS_DONE_SUFFIX))
-        return {int(chunk): int(frames) for chunk, frames in raw.items()}
+        done = {int(chunk): json.loads(value) for chunk, value in raw.items()}
+        return {chunk: (int(value["frames"]), str(value["key"])) for chunk, value in done.items()}
 
-    def chunk_attempt(self, job_id: str, part: str) -> int:
-        """Count one more delivery of a video's chunk (or join); returns the count."""
+    def begin_part(self, job_id: str, part: str) -> Lease:
+        """One more attempt at a video's part (a chunk, the join): its fence and its lease."""
         name = KEY_PREFIX + job_id + ATTEMPTS_SUFFIX
+        keys = [name, lease_key(job_id, part), LEASES_SET]
+        args = [part, self._lease_ms, time.time(), job_id]
 
-        def count() -> int:
-            with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hincrby(name, part, 1)
-                pipe.expire(name, self._ttl_s)
-                return int(pipe.execute()[0])
+        def begin() -> int:
+            attempt = int(self._begin_part(keys=keys, args=args))
+            self._redis.expire(name, self._ttl_s)
+            return attempt
 
-        return guard_redis(count)
+        return Lease(job_id, part, guard_redis(begin))
 
-    def set_video_plan(self, record: JobRecord, source: dict[str, Any], chunks: int) -> bool:
-        """Note what the source is and how many chunks render it, if the job still runs."""
-        return self.update_running(replace(record, source=source, chunks=chunks))
+    def renew(self, lease: Lease) -> bool:
+        """Keep the lease (a heartbeat); False when another attempt has the part now."""
+        keys = [lease_key(lease.job_id, lease.part), LEASES_SET]
+        args = [lease.fence, self._lease_ms, time.time(), lease.member]
+        return bool(guard_redis(lambda: self._renew(keys=keys, args=args)))
 
-    def update_running(self, record: JobRecord) -> bool:
-        """Write ``record``'s fields if the job is still running (it stays running)."""
+    def expired_leases(self, now: float, limit: int = 100) -> list[Lease]:
+        """Attempts whose lease ran out before ``now`` (their workers stopped renewing)."""
+        found = guard_redis(lambda: self._redis.zrangebyscore(LEASES_SET, "-inf", now, start=0, num=limit))
+        return [Lease.parse(member) for member in found]
+
+    def take_over(self, lease: Lease) -> bool:
+        """Claim an expired attempt's part for another worker (once: True means queue it again)."""
+        keys = [
+            KEY_PREFIX + lease.job_id,
+            KEY_PREFIX + lease.job_id + ATTEMPTS_SUFFIX,
+            lease_key(lease.job_id, lease.part),
+            LEASES_SET,
+        ]
+        args = [lease.job_id, lease.part, lease.fence, lease.member]
+        return bool(guard_redis(lambda: self._take_over(keys=keys, args=args)))
+
+    def set_video_plan(self, record: JobRecord, source: dict[str, Any], chunks: int, lease: Lease) -> bool:
+        """Note what the source is and how many chunks render it, if the job still runs and ``lease`` (the
+        planning attempt) is current; the planning's lease ends (the chunks hold their own)."""
+        if not self.update_running(replace(record, source=source, chunks=chunks), fence=lease.fence):
+            return False
+        guard_redis(lambda: self._redis.delete(lease_key(lease.job_id, lease.part)))
+        guard_redis(lambda: self._redis.zrem(LEASES_SET, lease.member))
+        return True
+
+    def update_running(self, record: JobRecord, *, fence: int | None = None) -> bool:
+        """Write ``record``'s fields if the job is still running (it stays running), and, with ``fence``, if
+        that attempt is still the current one."""
         fields = record.to_hash()
         fields.pop("attempts", None)
         fields.pop("status", None)
         fields.pop("webhook", None)
-        args: list[str] = [record.id, *(item for pair in fields.items() for item in pair)]
+        args: list[str] = [
+            record.id,
+            "" if fence is None else str(fence),
+            *(item for pair in fields.items() for item in pair),
+        ]
         return bool(guard_redis(lambda: self._update(keys=[KEY_PREFIX + record.id], args=args)))
 
     def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
-        keys = [KEY_PREFIX + job_id, RUNNING_SET, QUEUED_SET]
-        args = [json.dumps(time.time()), json.dumps(worker), max_attempts, job_id]
+        keys = [KEY_PREFIX + job_id, RUNNING_SET, QUEUED_SET, lease_key(job_id, RUN_PART), LEASES_SET]
+        args = [json.dumps(time.time()), json.dumps(worker), max_attempts, job_id, self._lease_ms]
         action, attempt, *fields = guard_redis(lambda: self._start(keys=keys, args=args))
         record = None
         if fields:  # HGETALL's flat field, value list
@@ -462,13 +633,21 @@ class JobStore:
             record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
         return StartDecision(action=str(action).strip('"'), attempt=int(attempt), record=record)
 
-    def finish(self, record: JobRecord) -> bool:
-        """Record ``record``'s terminal state if the job is still running; False if it was not."""
+    def finish(self, record: JobRecord, lease: Lease | None = None) -> bool:
+        """Record ``record``'s terminal state if the job is still running and, with ``lease``, if that
+        attempt is still the current one (a worker that was cut off is fenced out); False if not."""
         fields = record.to_hash()
         fields.pop("attempts", None)  # counted by start(); never rewound
         fields.pop("webhook", None)  # the delivery's own state, written by the delivery alone
-        args: list[str] = [record.id, json.dumps(time.time()), *(item for pair in fields.items() for item in pair)]
-        keys = [KEY_PREFIX + record.id, RUNNING_SET, WEBHOOK_DUE_SET]
+        part, fence, member = (lease.part, str(lease.fence), lease.member) if lease else (RUN_PART, "", "")
+        args: list[str] = [
+            record.id, json.dumps(time.time()), part, fence, member,
+            *(item for pair in fields.items() for item in pair),
+        ]  # fmt: skip
+        keys = [
+            KEY_PREFIX + record.id, RUNNING_SET, WEBHOOK_DUE_SET, KEY_PREFIX + record.id + ATTEMPTS_SUFFIX,
+            lease_key(record.id, part), LEASES_SET,
+        ]  # fmt: skip
         return bool(guard_redis(lambda: self._finish(keys=keys, args=args)))
 
     def running_since_before(self, cutoff: float, *, job_id: str | None = None) -> list[str]:
@@ -534,12 +713,13 @@ class JobStore:
         """Messages waiting in a Celery queue (kombu's Redis transport keeps each queue in a list)."""
         return int(guard_redis(lambda: self._redis.llen(queue)))
 
-    def succeed(self, record: JobRecord, **changes: Any) -> bool:
-        return self.finish(replace(record, status=JobStatus.SUCCEEDED, finished_at=time.time(), error=None, **changes))
+    def succeed(self, record: JobRecord, lease: Lease | None = None, **changes: Any) -> bool:
+        succeeded = replace(record, status=JobStatus.SUCCEEDED, finished_at=time.time(), error=None, **changes)
+        return self.finish(succeeded, lease)
 
-    def fail(self, record: JobRecord, code: str, message: str) -> bool:
+    def fail(self, record: JobRecord, code: str, message: str, lease: Lease | None = None) -> bool:
         error = {"code": code, "message": message}
-        return self.finish(replace(record, status=JobStatus.FAILED, finished_at=time.time(), error=error))
+        return self.finish(replace(record, status=JobStatus.FAILED, finished_at=time.time(), error=error), lease)
 
     # Webhooks: the outbox of finished jobs whose callback is not delivered yet (``worker.webhooks``).
 

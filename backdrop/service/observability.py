@@ -39,6 +39,11 @@ REQUESTS_REJECTED = Counter("backdrop_requests_rejected_total", "API requests an
 JOBS_PROCESSED = Counter("backdrop_jobs_processed_total", "Jobs finished by workers", ["effect", "outcome"])
 JOB_FAILURES = Counter("backdrop_job_failures_total", "Failed jobs by failure code", ["code"])
 JOBS_REQUEUED = Counter("backdrop_jobs_requeued_total", "Queued jobs whose lost message the sweep sent again")
+JOBS_TAKEN_OVER = Counter(
+    "backdrop_jobs_taken_over_total",
+    "Running jobs (part: job) and video parts (video_part) queued again because their lease ran out",
+    ["part"],
+)
 STAGE_SECONDS = Histogram("backdrop_stage_seconds", "Time per pipeline stage", ["stage"], buckets=STAGE_BUCKETS)
 MODEL_LOAD_SECONDS = Histogram(
     "backdrop_model_load_seconds", "Time a worker process took to load its models", buckets=STAGE_BUCKETS
