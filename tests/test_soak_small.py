@@ -22,8 +22,8 @@ def test_small_soak_ledger_balances(tmp_path):
         stack.stop()
     print(report)
     assert report["accepted"] >= 30
-    assert report["ledger_balanced"], report
-    assert report["lost"] == report["stuck"] == report["duplicates"] == 0, report
-    assert report["failed_without_reason"] == report["succeeded_without_one_result"] == 0, report
+    assert report["balanced"], report
+    assert report["lost"] == report["stuck"] == report["duplicate_terminal_writes"] == 0, report
+    assert report["failed_without_reason"] == report["wrong_result_objects"] == 0, report
     assert report["backpressure_retries"] > 0  # the queue limit was hit and honoured
     assert set(report["refused_4xx"]) <= {400, 415, 422}

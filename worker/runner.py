@@ -123,6 +123,7 @@ class JobRunner:
         """Record the failure (for ``lease``'s attempt, if it is still the current one)."""
         log.warning("job failed: %s: %s", code, message)
         if not self._with_retries(lambda: self.jobs.fail(record, code, message, lease)):
+            log.warning("job %s: the failure is not recorded (the job ended, or a later attempt has it)", record.id)
             return "skipped"
         JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
         JOB_FAILURES.labels(code).inc()

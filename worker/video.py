@@ -32,7 +32,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from backdrop.errors import BackdropError
 from backdrop.params import Effect
 from backdrop.pipeline.imageio import load_image
-from backdrop.service.jobs import JOIN_PART, JobRecord, JobStatus, Lease, ResultObject, result_key
+from backdrop.service.jobs import JOIN_PART, BrokerUnavailable, JobRecord, JobStatus, Lease, ResultObject, result_key
 from backdrop.service.observability import JOBS_PROCESSED, VIDEO_CHUNK_SECONDS, VIDEO_FRAMES, VIDEO_SECONDS
 from backdrop.service.storage import ObjectNotFound
 from backdrop.video.chunks import plan_chunks
@@ -176,7 +176,11 @@ class VideoRunner(JobRunner):
                     held.check()
                     if time.monotonic() - last_report >= PROGRESS_INTERVAL_S:
                         last_report = time.monotonic()
-                        if self.jobs.report_progress(job_id, index, done) is not JobStatus.RUNNING:
+                        try:
+                            status = self.jobs.report_progress(job_id, index, done)
+                        except BrokerUnavailable:  # progress can wait; the lease and the fence decide
+                            return
+                        if status is not JobStatus.RUNNING:
                             raise JobStopped
 
                 output = scratch / "chunk.mkv"
@@ -198,6 +202,7 @@ class VideoRunner(JobRunner):
                 self._with_retries(lambda: self.jobs.report_progress(job_id, index, report.frames))
                 done = self._with_retries(lambda: self.jobs.chunk_done(lease, report.frames, key))
                 if done < 0:  # a later attempt has the chunk, or the job ended meanwhile
+                    log.warning("chunk %d: a later attempt has it, or the job ended; %s deleted", index, key)
                     self._delete_quietly(key)
                     return "fenced"
         except LeaseLost:

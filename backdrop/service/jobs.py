@@ -208,10 +208,12 @@ class JobRecord:
         )
 
 
-# What every terminal transition does besides writing the record: tells the API's waiting requests, and
-# puts a job with a callback_url in the webhook outbox (KEYS[1] job, KEYS[#KEYS] outbox; job id, now).
+# What every terminal transition does besides writing the record: counts it (``ends``: an audit finds a
+# job that ended twice), tells the API's waiting requests, and puts a job with a callback_url in the
+# webhook outbox (KEYS[1] job, KEYS[#KEYS] outbox; job id, now).
 _ENDED = f"""
 local function ended(job_key, outbox, job_id, now)
+  redis.call('HINCRBY', job_key, 'ends', 1)
   redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
   if redis.call('HEXISTS', job_key, 'callback_url') == 1 then redis.call('ZADD', outbox, now, job_id) end
 end
@@ -523,6 +525,17 @@ class JobStore:
                 return pipe.execute()
 
         return [JobRecord.from_hash(raw) if raw else None for raw in guard_redis(read)]
+
+    def terminal_writes(self, job_ids: list[str]) -> list[int]:
+        """How many times each job was moved to a terminal state (1 for a job that ended, never more)."""
+
+        def read() -> list[str | None]:
+            with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(KEY_PREFIX + job_id, "ends")
+                return pipe.execute()
+
+        return [int(value or 0) for value in guard_redis(read)]
 
     def cancel(self, job_id: str) -> str:
         """``cancelled`` (it was queued), ``cancelled_running`` (a running video), ``missing``, or the

