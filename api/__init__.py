@@ -38,7 +38,7 @@ class Services:
     def __post_init__(self) -> None:
         # One subscription and one count of waiting requests per process (see api.submission.wait_for).
         if self.waiter is None:
-            object.__setattr__(self, "waiter", JobEndWaiter(self.settings.redis_url))
+            object.__setattr__(self, "waiter", JobEndWaiter(self.settings))
         if self.waiting_slots is None:
             object.__setattr__(self, "waiting_slots", threading.BoundedSemaphore(self.settings.max_waiting_requests))
 

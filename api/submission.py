@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import select
 import socket
 import time
@@ -22,11 +23,13 @@ from backdrop.errors import ParameterError
 from backdrop.params import Effect, JobParams, MediaKind
 from backdrop.probe import probe_image
 from backdrop.service.jobs import JobRecord, JobStatus
-from backdrop.service.observability import JOBS_SUBMITTED
+from backdrop.service.observability import JOBS_SUBMITTED, REPLICATION_UNCONFIRMED
 from backdrop.service.queue import PROCESS_TASK, VIDEO_TASK, enqueue
 from backdrop.service.webhooks import checked_callback_url
 from backdrop.settings import Settings
 from backdrop.video.probe import VideoError, VideoInfo, probe_video
+
+log = logging.getLogger("backdrop.api")
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ def accept(svc: Services, submission: Submission, owner: str | None) -> JobRecor
         except Exception as exc:  # kombu raises several types for a dead broker
             svc.jobs.delete(job_id)
             raise ApiError(f"queue unreachable: {exc}", code="broker_unavailable") from None
+        _confirm_replicated(svc, job_id)
     except Exception:
         if idempotency_key is not None:
             with contextlib.suppress(Exception):  # else the key expires with the job TTL
@@ -156,6 +160,19 @@ def accept(svc: Services, submission: Submission, owner: str | None) -> JobRecor
         raise
     JOBS_SUBMITTED.labels(params.effect.value).inc()
     return record
+
+
+def _confirm_replicated(svc: Services, job_id: str) -> None:
+    """With Sentinel-managed Redis, a job is answered once a replica has it too. The wait running out
+    accepts the job anyway, counted (refusing every job while the replica is down would make the replica
+    a single point of failure); a primary gone before it could answer is a 503 (``BrokerUnavailable``),
+    since the job may not have reached the replica that takes over."""
+    settings = svc.settings
+    if not settings.redis_sentinels or not settings.redis_replica_wait_ms:
+        return
+    if not svc.jobs.confirm_replicated(job_id, settings.redis_replica_wait_ms):
+        REPLICATION_UNCONFIRMED.inc()
+        log.warning("job %s accepted before a replica confirmed it (the replication window is open)", job_id)
 
 
 def client_connected(connection: socket.socket | None) -> bool:

@@ -54,6 +54,19 @@ def _name_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
+def _addresses(text: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port`` (Sentinel's port, 26379, when none is given)."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        host, _, port = part.rpartition(":") if ":" in part else (part, "", "26379")
+        if not host or not port.isdigit():
+            raise ValueError(f"{part!r} is not host:port")
+        found.append((host, int(port)))
+    return tuple(found)
+
+
 def _routes(text: str) -> tuple[tuple[str, str], ...]:
     routes = []
     for part in _name_list(text):
@@ -114,6 +127,12 @@ class Settings:
 
     # The service (API, queue, workers, storage). Not used by the pipeline library or the CLI.
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Sentinel-managed Redis: the sentinels' addresses (then BACKDROP_REDIS_URL gives only the password
+    # and database; its host is not used), the name they monitor the primary under, and how long an
+    # accepted job waits for a replica to confirm it has the job (0: not at all).
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str = "backdrop"
+    redis_replica_wait_ms: int = 250
     queue: str = "backdrop"
     queue_routes: tuple[tuple[str, str], ...] = ()
     job_ttl_s: int = 24 * 3600
@@ -262,6 +281,9 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "max_video_frame_pixels": ("BACKDROP_MAX_VIDEO_FRAME_PIXELS", _positive_int),
     "video_chunk_seconds": ("BACKDROP_VIDEO_CHUNK_SECONDS", _positive_float),
     "redis_url": ("BACKDROP_REDIS_URL", str),
+    "redis_sentinels": ("BACKDROP_REDIS_SENTINELS", _addresses),
+    "redis_sentinel_master": ("BACKDROP_REDIS_SENTINEL_MASTER", str),
+    "redis_replica_wait_ms": ("BACKDROP_REDIS_REPLICA_WAIT_MS", _non_negative_int),
     "queue": ("BACKDROP_QUEUE", str),
     "queue_routes": ("BACKDROP_QUEUE_ROUTES", _routes),
     "job_ttl_s": ("BACKDROP_JOB_TTL_S", _positive_int),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,13 +36,17 @@ HOSTS_ENV = {
 }
 
 
-@pytest.fixture(scope="module")
-def service(tmp_path_factory) -> HostedService:
+def require_hosts() -> None:
     reason = unavailable()
     if reason:
         if os.environ.get("BACKDROP_REQUIRE_HOSTS"):
             pytest.fail(f"BACKDROP_REQUIRE_HOSTS is set but {reason}")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory) -> HostedService:
+    require_hosts()
     with TestHosts() as hosts:
         hosted = HostedService(hosts, tmp_path_factory.mktemp("hosts"), {**os.environ, **HOSTS_ENV})
         hosted.start()
@@ -228,10 +233,73 @@ def test_a_worker_host_that_vanishes_has_its_job_finished_elsewhere(service, ast
     assert_ledger(service, later)
 
 
+def test_sentinel_fails_over_when_the_primary_redis_host_dies(tmp_path, astronaut_jpeg):
+    """A primary on ``store``, a replica on ``store-2``, three sentinels; ``store`` vanishes mid-run while
+    clients keep submitting. The service is back once a sentinel promoted the replica; meanwhile requests
+    are answered 503 (or wait a few seconds and succeed); every job accepted before, during and after
+    ends, once."""
+    require_hosts()
+    env = {**os.environ, **HOSTS_ENV, "BACKDROP_SWEEP_INTERVAL_S": "5"}
+    with TestHosts() as hosts:
+        hosted = HostedService(hosts, tmp_path, env, sentinel=True)
+        hosted.start()
+        assert hosted.primary() == hosts["store"].address
+        ids = [accept(hosted, with_fault(astronaut_jpeg, "slow", 1)) for _ in range(6)]
+        answers: list[tuple[float, float, int, str | None, str | None]] = []  # sent, took, status, Retry-After, id
+        stop = threading.Event()
+
+        def keep_submitting() -> None:
+            for _ in range(600):  # bounded: stopped long before
+                if stop.is_set():
+                    return
+                sent = time.monotonic()
+                try:
+                    response = post(hosted, {"image": ("p.jpg", astronaut_jpeg)})
+                    job = response.json().get("id") if response.status_code == 202 else None
+                    answers.append(
+                        (sent, time.monotonic() - sent, response.status_code, response.headers.get("Retry-After"), job)
+                    )
+                except requests.RequestException as exc:
+                    answers.append((sent, time.monotonic() - sent, 0, type(exc).__name__, None))
+                time.sleep(0.2)
+
+        submitter = threading.Thread(target=keep_submitting, daemon=True)
+        submitter.start()
+        try:
+            wait_for(
+                lambda: running_on(hosted, ids, "worker-1") or running_on(hosted, ids, "worker-2"), 30, "a job running"
+            )
+            died = time.monotonic()
+            hosts.vanish("store")
+            back = wait_for(
+                lambda: next(
+                    (sent + took for sent, took, status, _, _ in answers if sent > died and status == 202), None
+                ),
+                60,
+                "an accepted job after the primary died",
+            )
+            time.sleep(3)
+        finally:
+            stop.set()
+            submitter.join(90)
+        assert hosted.primary() == hosts["store-2"].address  # the replica was promoted
+        during = [a for a in answers if a[0] > died - 10]
+        assert all(status in (202, 503) for _, _, status, _, _ in during), during
+        assert all(retry for _, _, status, retry, _ in during if status == 503)
+        refused = sum(1 for a in during if a[2] == 503)
+        slowest = max(took for _, took, _, _, _ in during)
+        print(
+            f"failover: accepting again {back - died:.1f} s after the primary's host died; {refused} answered 503; "
+            f"slowest answer {slowest:.1f} s"
+        )
+        accepted = ids + [job for *_, job in answers if job]
+        ended(hosted, accepted, 180)
+        report = assert_ledger(hosted, accepted)
+        assert report["accepted"] > len(ids)
+
+
 def test_teardown_leaves_nothing_behind(tmp_path):
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
+    require_hosts()
     with TestHosts(["client", "store"]) as hosts:
         namespaces = [host.namespace for host in hosts.hosts.values()]
         links = [*hosts.bridges.values(), *(link for host in hosts.hosts.values() for link in host.links.values())]

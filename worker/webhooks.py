@@ -183,7 +183,7 @@ class WebhookDispatcher:
     def _run(self) -> None:
         while True:
             try:
-                pubsub = subscribe_to_ends(self.deliverer.settings.redis_url)
+                pubsub = subscribe_to_ends(self.deliverer.settings)
                 while True:
                     self.deliver_due()
                     due = self.deliverer.jobs.next_webhook_due()

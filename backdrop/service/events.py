@@ -18,6 +18,8 @@ from collections.abc import Callable
 import redis
 
 from backdrop.service.jobs import ENDED_CHANNEL
+from backdrop.service.redis_client import connect_redis
+from backdrop.settings import Settings
 
 log = logging.getLogger("backdrop.events")
 # Between two attempts to subscribe again after the connection dropped.
@@ -26,11 +28,13 @@ RESUBSCRIBE_DELAY_S = 0.5
 HEALTH_CHECK_EVERY_S = 1.0
 
 
-def subscribe_to_ends(redis_url: str) -> redis.client.PubSub:
+def subscribe_to_ends(settings: Settings) -> redis.client.PubSub:
     """A subscription to ``ENDED_CHANNEL`` on a connection of its own: no read timeout (it is quiet between
     jobs); a dead connection is found by the health check's PING, which needs ``get_message`` called at
     least every few seconds."""
-    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1.0, socket_keepalive=True, health_check_interval=5)
+    client = connect_redis(
+        settings, decode_responses=False, socket_timeout=None, socket_keepalive=True, health_check_interval=5
+    )
     pubsub = client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(ENDED_CHANNEL)
     return pubsub
@@ -47,8 +51,8 @@ class JobEndWaiter:
     """Waits for jobs to end (see the module's docstring). One per process: the thread starts on first
     use, so a forking server (gunicorn) gets one per worker process."""
 
-    def __init__(self, redis_url: str) -> None:
-        self._redis_url = redis_url
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
         self._lock = threading.Lock()
         self._waiting: dict[str, list[_Waiting]] = {}
         self._thread: threading.Thread | None = None
@@ -113,7 +117,7 @@ class JobEndWaiter:
     def _listen(self) -> None:
         while True:
             try:
-                pubsub = subscribe_to_ends(self._redis_url)
+                pubsub = subscribe_to_ends(self._settings)
                 self._wake(None)  # anything that ended while we were not listening
                 while True:
                     message = pubsub.get_message(timeout=HEALTH_CHECK_EVERY_S)

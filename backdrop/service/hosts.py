@@ -33,12 +33,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+
 from backdrop.service.jobs import JobStore
 from backdrop.service.localstack import (
     ManagedProcess,
     S3Credentials,
+    _port_open,
     _spawn,
+    _wait_until,
     _with_metrics_dir,
+    redis_server_binary,
     service_env,
     start_api,
     start_beat,
@@ -56,7 +61,7 @@ HOST_NETWORKS: dict[str, tuple[str, ...]] = {
     "client": (FRONT,),
     "api": (FRONT, BACK),
     "store": (FRONT, BACK),  # clients fetch results from S3 (presigned URLs) over the front
-    "store-2": (BACK,),
+    "store-2": (FRONT, BACK),  # S3 in Sentinel mode
     "worker-1": (BACK,),
     "worker-2": (BACK,),
 }
@@ -334,11 +339,24 @@ def run_command(host: Host, command: Sequence[str], timeout_s: float = 30) -> su
     return subprocess.run([*host.prefix, *command], capture_output=True, text=True, timeout=timeout_s)
 
 
+SENTINEL_PORT = 26379
+SENTINEL_HOSTS = ("store", "store-2", "api")
+SENTINEL_MASTER = "backdrop"
+# How long the sentinels wait before calling the primary down, and how long a failover may take.
+SENTINEL_DOWN_AFTER_MS = 1500
+SENTINEL_FAILOVER_TIMEOUT_MS = 6000
+
+
 @dataclass
 class HostedService:
     """The service across test hosts, started with the commands of docs/operating.md: Redis and S3 on
     ``store``, the API and beat on ``api``, a worker node on each worker host. ``cpus`` pins a host's
-    processes to cores (``taskset`` lists, e.g. ``{"worker-1": "0"}``)."""
+    processes to cores (``taskset`` lists, e.g. ``{"worker-1": "0"}``).
+
+    With ``sentinel``, Redis has no single point of failure: the primary on ``store``, a replica on
+    ``store-2``, a sentinel on each of ``store``, ``store-2`` and ``api`` (quorum 2), and everything
+    connects through the sentinels. S3 then runs on ``store-2``, so that the primary's host can vanish
+    whole."""
 
     hosts: TestHosts
     root: Path
@@ -346,6 +364,7 @@ class HostedService:
     workers: tuple[str, ...] = ("worker-1", "worker-2")
     concurrency: int = 1
     cpus: Mapping[str, str] = field(default_factory=dict)
+    sentinel: bool = False
     redis_port: int = 6379
     s3_port: int = 8333
     api_port: int = 8080
@@ -365,6 +384,10 @@ class HostedService:
         return [*self.hosts[host].prefix, *pinned]
 
     @property
+    def s3_host(self) -> str:
+        return "store-2" if self.sentinel else "store"
+
+    @property
     def api_url(self) -> str:
         """The API as clients reach it (from the ``client`` host)."""
         return f"http://{self.hosts['api'].addresses[FRONT]}:{self.api_port}"
@@ -375,7 +398,7 @@ class HostedService:
         return Settings.from_env(self.env)
 
     def start(self) -> None:
-        store = self.hosts["store"]
+        store, objects = self.hosts["store"], self.hosts[self.s3_host]
         self.start_store()
         self.env = service_env(
             self.base_env,
@@ -383,11 +406,16 @@ class HostedService:
             s3_port=self.s3_port,
             credentials=self.credentials,
             bucket=self.bucket,
-            host=store.address,
+            host=objects.address,
         )
         self.env["BACKDROP_REDIS_URL"] = f"redis://:{self.redis_password}@{store.address}:{self.redis_port}/0"
-        self.env["BACKDROP_S3_PUBLIC_URL"] = f"http://{store.addresses[FRONT]}:{self.s3_port}"
+        self.env["BACKDROP_S3_PUBLIC_URL"] = f"http://{objects.addresses[FRONT]}:{self.s3_port}"
         self.env["BACKDROP_WORKER_METRICS_PORT"] = "9808"
+        if self.sentinel:
+            self.start_sentinels()
+            sentinels = ",".join(f"{self.hosts[name].address}:{SENTINEL_PORT}" for name in SENTINEL_HOSTS)
+            self.env["BACKDROP_REDIS_SENTINELS"] = sentinels
+            self.env["BACKDROP_REDIS_SENTINEL_MASTER"] = SENTINEL_MASTER
         api = self.hosts["api"]
         self.processes["api"] = self.hosts.adopt(
             "api",
@@ -400,46 +428,99 @@ class HostedService:
                 prefix=self.prefix("api"),
             ),
         )
-        self.processes["beat"] = self.hosts.adopt(
-            "api",
-            start_beat(
-                self.env,
-                schedule=self.root / "celerybeat-schedule",
-                log_path=self.logs / "beat.log",
-                prefix=self.prefix("api"),
-            ),
-        )
+        schedule = self.root / "celerybeat-schedule"
+        beat = start_beat(self.env, schedule=schedule, log_path=self.logs / "beat.log", prefix=self.prefix("api"))
+        self.processes["beat"] = self.hosts.adopt("api", beat)
         for name in self.workers:
             self.start_worker(name, wait=False)
         for name in self.workers:
             wait_for_workers(self.processes[name], self.concurrency)
 
+    def _redis_options(self) -> list[str]:
+        # Every node may become the primary, or a replica of another: each needs both passwords.
+        return ["--requirepass", self.redis_password, "--masterauth", self.redis_password]
+
     def start_store(self) -> None:
         store = self.hosts["store"]
-        self.processes["redis"] = self.hosts.adopt(
-            "store",
-            start_redis(
-                self.root / "redis",
+        server = start_redis(
+            self.root / "redis",
+            self.redis_port,
+            self.logs,
+            host=store.address,
+            prefix=self.prefix("store"),
+            extra=self._redis_options(),
+        )
+        self.processes["redis"] = self.hosts.adopt("store", server)
+        if self.sentinel:
+            replica = start_redis(
+                self.root / "redis-2",
                 self.redis_port,
                 self.logs,
-                host=store.address,
-                prefix=self.prefix("store"),
-                extra=["--requirepass", self.redis_password],
-            ),
+                host=self.hosts["store-2"].address,
+                prefix=self.prefix("store-2"),
+                extra=[*self._redis_options(), "--replicaof", store.address, str(self.redis_port)],
+                name="redis-2",
+            )
+            self.processes["redis-2"] = self.hosts.adopt("store-2", replica)
+        objects = self.hosts[self.s3_host]
+        s3 = start_s3(
+            self.root / "s3",
+            self.s3_port,
+            self.credentials,
+            self.bucket,
+            self.logs,
+            host=objects.address,
+            bind="0.0.0.0",
+            prefix=self.prefix(self.s3_host),
         )
-        self.processes["s3"] = self.hosts.adopt(
-            "store",
-            start_s3(
-                self.root / "s3",
-                self.s3_port,
-                self.credentials,
-                self.bucket,
-                self.logs,
-                host=store.address,
-                bind="0.0.0.0",
-                prefix=self.prefix("store"),
-            ),
-        )
+        self.processes["s3"] = self.hosts.adopt(self.s3_host, s3)
+
+    def start_sentinels(self) -> None:
+        """``valkey-server sentinel.conf --sentinel`` on each sentinel host, watching the primary."""
+        primary = self.hosts["store"].address
+        for name in SENTINEL_HOSTS:
+            host = self.hosts[name]
+            folder = self.root / f"sentinel-{name}"
+            folder.mkdir(parents=True, exist_ok=True)
+            config = folder / "sentinel.conf"  # Sentinel rewrites its own file: one per sentinel
+            config.write_text(
+                f"port {SENTINEL_PORT}\nbind {host.address}\ndir {folder}\n"
+                f"requirepass {self.redis_password}\nsentinel sentinel-pass {self.redis_password}\n"
+                f"sentinel monitor {SENTINEL_MASTER} {primary} {self.redis_port} 2\n"
+                f"sentinel auth-pass {SENTINEL_MASTER} {self.redis_password}\n"
+                f"sentinel down-after-milliseconds {SENTINEL_MASTER} {SENTINEL_DOWN_AFTER_MS}\n"
+                f"sentinel failover-timeout {SENTINEL_MASTER} {SENTINEL_FAILOVER_TIMEOUT_MS}\n"
+            )
+            config.chmod(0o600)
+            process = self.hosts.spawn(
+                name,
+                f"sentinel-{name}",
+                [redis_server_binary(), str(config), "--sentinel"],
+                log_path=self.logs / f"sentinel-{name}.log",
+            )
+            self.processes[f"sentinel-{name}"] = process
+            _wait_until(lambda a=host.address: _port_open(SENTINEL_PORT, a), f"sentinel on {name}", process, 15)
+
+    def primary(self) -> str | None:
+        """The address the sentinels give for the primary now (None: none reachable)."""
+        for name in SENTINEL_HOSTS:
+            if name not in self.hosts.hosts:
+                continue
+            client = redis.Redis(
+                self.hosts[name].address,
+                SENTINEL_PORT,
+                password=self.redis_password,
+                socket_timeout=1.0,
+                decode_responses=True,
+            )
+            try:
+                address = client.sentinel_get_master_addr_by_name(SENTINEL_MASTER)
+                return str(address[0]) if address else None
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+        return None
 
     def kill_store(self) -> None:
         """SIGKILL Redis and S3 on ``store`` (no shutdown: whatever the AOF has is what comes back)."""

@@ -18,11 +18,10 @@ from typing import Any, TypeVar
 import redis
 from kombu.transport.redis import PRIORITY_STEPS as KOMBU_PRIORITY_STEPS
 from kombu.transport.redis import Channel as KombuRedisChannel
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from backdrop.errors import BackdropError
 from backdrop.params import JobParams, MediaKind
+from backdrop.service.redis_client import connect_redis
 from backdrop.settings import Settings
 
 KEY_PREFIX = "backdrop:job:"
@@ -61,19 +60,6 @@ class BrokerUnavailable(BackdropError):
     """Redis (job records and queue) cannot be reached (``broker_unavailable``)."""
 
     code = "broker_unavailable"
-
-
-def connect_redis(url: str, *, decode_responses: bool = True) -> redis.Redis:
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=1.0,
-        socket_timeout=3.0,
-        health_check_interval=15,
-        decode_responses=decode_responses,
-        # A pooled connection from before a Redis restart fails once; retry it on a fresh one.
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
 
 
 def guard_redis(operation: Callable[[], T]) -> T:
@@ -478,11 +464,12 @@ class JobStore:
 
     @classmethod
     def connect(cls, url: str, *, ttl_s: int, lease_s: float = 30.0) -> JobStore:
-        return cls(connect_redis(url), ttl_s=ttl_s, lease_s=lease_s)
+        """A store on one Redis server at ``url`` (tools and tests)."""
+        return cls(connect_redis(replace(Settings.from_env({}), redis_url=url)), ttl_s=ttl_s, lease_s=lease_s)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> JobStore:
-        return cls(connect_redis(settings.redis_url), ttl_s=settings.job_ttl_s, lease_s=settings.lease_s)
+        return cls(connect_redis(settings), ttl_s=settings.job_ttl_s, lease_s=settings.lease_s)
 
     @property
     def _lease_ms(self) -> int:
@@ -525,6 +512,20 @@ class JobStore:
                 return pipe.execute()
 
         return [JobRecord.from_hash(raw) if raw else None for raw in guard_redis(read)]
+
+    def confirm_replicated(self, job_id: str, timeout_ms: int) -> int:
+        """Wait up to ``timeout_ms`` for a replica to have everything written so far, this job's record and
+        its queue message included; returns how many replicas confirmed (0: the replication window is
+        open for this job). One more write on this connection first: WAIT covers this connection's writes,
+        and the message went in on another connection before it."""
+
+        def confirm() -> int:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.expire(KEY_PREFIX + job_id, self._ttl_s)
+                pipe.execute_command("WAIT", 1, timeout_ms)
+                return int(pipe.execute()[-1])
+
+        return guard_redis(confirm)
 
     def terminal_writes(self, job_ids: list[str]) -> list[int]:
         """How many times each job was moved to a terminal state (1 for a job that ended, never more)."""

@@ -35,6 +35,10 @@ STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 # API
 JOBS_SUBMITTED = Counter("backdrop_jobs_submitted_total", "Jobs accepted by the API", ["effect"])
 REQUESTS_REJECTED = Counter("backdrop_requests_rejected_total", "API requests answered with an error", ["code"])
+REPLICATION_UNCONFIRMED = Counter(
+    "backdrop_replication_unconfirmed_total",
+    "Jobs accepted before a Redis replica confirmed them (Sentinel mode: the replication window was open)",
+)
 # Workers
 JOBS_PROCESSED = Counter("backdrop_jobs_processed_total", "Jobs finished by workers", ["effect", "outcome"])
 JOB_FAILURES = Counter("backdrop_job_failures_total", "Failed jobs by failure code", ["code"])

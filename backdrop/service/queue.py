@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from backdrop.service.redis_client import broker
 from backdrop.settings import Settings
 
 PROCESS_TASK = "backdrop.process_job"
@@ -12,10 +13,12 @@ VIDEO_TASK = "backdrop.process_video"  # plans a video's chunks and queues them
 CHUNK_TASK = "backdrop.render_chunk"  # renders one time range of a video
 JOIN_TASK = "backdrop.join_video"  # joins a video's chunks and stores the result
 SWEEP_TASK = "backdrop.sweep"
+BROKER_SOCKET_TIMEOUT_S = 5  # above kombu's BRPOP wait (1 s), which is a read on the same socket
 
 
 def make_celery(settings: Settings) -> Celery:
-    app = Celery("backdrop", broker=settings.redis_url, set_as_current=False)
+    url, transport_options = broker(settings)
+    app = Celery("backdrop", broker=url, set_as_current=False)
     app.conf.update(
         task_default_queue=settings.queue,
         # Job state lives in our job records; Celery results would only duplicate it.
@@ -28,7 +31,17 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_soft_time_limit=settings.task_soft_time_limit_s,
         task_time_limit=settings.task_time_limit_s,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            # A broker that vanishes without closing the connection (a failover, a cut network) must not
+            # leave a publish or a consumer waiting forever: reads time out, and idle connections are
+            # checked, so the next command reconnects (through the sentinels, to the new primary).
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": 2,
+            "socket_keepalive": True,
+            "health_check_interval": 5,
+            **transport_options,
+        },
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
         broker_pool_limit=10,

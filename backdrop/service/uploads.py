@@ -19,7 +19,8 @@ from typing import BinaryIO
 
 import redis
 
-from backdrop.service.jobs import connect_redis, guard_redis
+from backdrop.service.jobs import guard_redis
+from backdrop.service.redis_client import connect_redis
 from backdrop.service.storage import ObjectNotFound, Storage
 from backdrop.settings import Settings
 
@@ -101,7 +102,7 @@ class Uploads:
     def connect(cls, settings: Settings, storage: Storage) -> Uploads:
         return cls(
             storage,
-            connect_redis(settings.redis_url, decode_responses=False),
+            connect_redis(settings, decode_responses=False),
             inline_max_bytes=settings.inline_upload_max_bytes,
             inline_budget_bytes=settings.inline_uploads_max_mb * 1024 * 1024,
             ttl_s=settings.job_ttl_s,

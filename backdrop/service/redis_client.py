@@ -1,0 +1,77 @@
+"""Connections to Redis: one server (``BACKDROP_REDIS_URL``), or, with ``BACKDROP_REDIS_SENTINELS``, the
+primary that Redis Sentinel names at the moment (after a failover, the next connection finds the new
+one). Every part of the service connects here, and Celery's broker is configured the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import redis
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from backdrop.settings import Settings
+
+SENTINEL_TIMEOUT_S = 1.0
+
+
+def _credentials(url: str) -> tuple[str | None, str | None, int]:
+    """Username, password and database from a ``redis://`` URL."""
+    parsed = urlparse(url)
+    database = parsed.path.strip("/")
+    username = unquote(parsed.username) if parsed.username else None
+    password = unquote(parsed.password) if parsed.password else None
+    return username, password, int(database) if database.isdigit() else 0
+
+
+def connect_redis(settings: Settings, *, decode_responses: bool = True, **options: Any) -> redis.Redis:
+    """A client for the service's Redis: short timeouts, and a pooled connection that broke (a restart, a
+    failover) retried once on a fresh one. ``options`` override the connection's (e.g. no read timeout
+    for a subscription)."""
+    connection: dict[str, Any] = {
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 3.0,
+        "health_check_interval": 15,
+        "decode_responses": decode_responses,
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
+        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        **options,
+    }
+    if not settings.redis_sentinels:
+        return redis.Redis.from_url(settings.redis_url, **connection)
+    username, password, database = _credentials(settings.redis_url)
+    sentinel = Sentinel(
+        list(settings.redis_sentinels),
+        sentinel_kwargs=_sentinel_auth(username, password),
+    )
+    return sentinel.master_for(
+        settings.redis_sentinel_master, username=username, password=password, db=database, **connection
+    )
+
+
+def _sentinel_auth(username: str | None, password: str | None) -> dict[str, Any]:
+    """How to ask the sentinels: short timeouts and no retries (the next sentinel is the retry; redis-py's
+    default would back off for seconds on a dead one), with the servers' credentials (``requirepass`` on
+    every node)."""
+    auth: dict[str, Any] = {
+        "socket_connect_timeout": SENTINEL_TIMEOUT_S,
+        "socket_timeout": SENTINEL_TIMEOUT_S,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    if password:
+        auth["password"] = password
+    if username:
+        auth["username"] = username
+    return auth
+
+
+def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
+    """Celery's broker URL and the transport options it needs besides the common ones."""
+    if not settings.redis_sentinels:
+        return settings.redis_url, {}
+    username, password, database = _credentials(settings.redis_url)
+    auth = f"{username or ''}:{password}@" if password else ""
+    url = ";".join(f"sentinel://{auth}{host}:{port}/{database}" for host, port in settings.redis_sentinels)
+    return url, {"master_name": settings.redis_sentinel_master, "sentinel_kwargs": _sentinel_auth(username, password)}
