@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,9 +81,35 @@ def test_hadolint_finds_nothing_in_the_dockerfile():
 
 
 def test_compose_files_match_the_compose_spec():
-    result = run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                 "docker-compose.yml", "deploy/docker-compose.gpu.yml")  # fmt: skip
+    files = ["docker-compose.yml", "deploy/docker-compose.gpu.yml", "deploy/docker-compose.sentinel.yml"]
+    result = run(str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", *files)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_sentinel_option_replaces_redis_everywhere():
+    """Compose's and Kubernetes' Sentinel options: every service that talks to Redis connects through the
+    sentinels (the same three), with the password, and the single Redis is gone from Kubernetes."""
+    sentinel = yaml.safe_load((ROOT / "deploy/docker-compose.sentinel.yml").read_text())["services"]
+    for service in ("api", "worker", "beat", "live"):
+        env = sentinel[service]["environment"]
+        assert env["BACKDROP_REDIS_SENTINELS"] == "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"
+        assert set(env) <= KNOWN_VARIABLES
+    assert {"sentinel-1", "sentinel-2", "sentinel-3", "redis-replica"} <= set(sentinel)
+    assert "--replicaof" in sentinel["redis-replica"]["command"]
+    overlay = ROOT / "deploy" / "k8s-sentinel"
+    manifests = sorted(str(p.relative_to(ROOT)) for p in overlay.glob("redis-*.yaml"))
+    result = run(str(BIN / "kubernetes-validate"), "--strict", *manifests)
+    assert result.returncode == 0 and result.stdout.count("passed") == 4, result.stdout + result.stderr
+    if shutil.which("kubectl"):  # kustomize, offline: the overlay as it would be applied
+        built = run("kubectl", "kustomize", str(overlay))
+        assert built.returncode == 0, built.stderr
+        objects = {(doc["kind"], doc["metadata"]["name"]): doc for doc in yaml.safe_load_all(built.stdout) if doc}
+        assert ("StatefulSet", "backdrop-redis") not in objects and ("Service", "backdrop-redis") not in objects
+        assert objects[("ConfigMap", "backdrop")]["data"]["BACKDROP_REDIS_SENTINEL_MASTER"] == "backdrop"
+        for kind, name in objects:
+            if kind == "Deployment":
+                env_from = objects[(kind, name)]["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+                assert env_from[-1] == {"secretRef": {"name": "backdrop-redis"}}, name
 
 
 def test_kubernetes_manifests_validate():
