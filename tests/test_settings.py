@@ -38,3 +38,29 @@ def test_bad_values_name_the_variable(env):
     with pytest.raises(SettingsError) as caught:
         Settings.from_env(env)
     assert any(name in caught.value.message for name in env)
+
+
+def test_sentinels_are_parsed_and_reach_every_redis_client():
+    from redis.sentinel import SentinelConnectionPool
+
+    from backdrop.service.redis_client import broker, connect_redis
+
+    settings = Settings.from_env(
+        {
+            "BACKDROP_REDIS_URL": "redis://:s3cret@unused:6379/2",
+            "BACKDROP_REDIS_SENTINELS": "10.0.0.5:26380, sentinel-b",
+            "BACKDROP_REDIS_SENTINEL_MASTER": "main",
+        }
+    )
+    assert settings.redis_sentinels == (("10.0.0.5", 26380), ("sentinel-b", 26379))
+    url, options = broker(settings)
+    assert url == "sentinel://:s3cret@10.0.0.5:26380/2;sentinel://:s3cret@sentinel-b:26379/2"
+    assert options["master_name"] == "main" and options["sentinel_kwargs"]["password"] == "s3cret"
+    client = connect_redis(settings)  # nothing is contacted until the first command
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "main"
+    assert pool.connection_kwargs["password"] == "s3cret" and pool.connection_kwargs["db"] == 2
+    plain = Settings.from_env({"BACKDROP_REDIS_URL": "redis://:pw@10.0.0.9:6380/1"})
+    assert broker(plain) == ("redis://:pw@10.0.0.9:6380/1", {})
+    with pytest.raises(SettingsError, match="BACKDROP_REDIS_SENTINELS"):
+        Settings.from_env({"BACKDROP_REDIS_SENTINELS": "host:port"})
