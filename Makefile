@@ -35,9 +35,11 @@ test: install lint
 bench: install
 	$(BIN)/python bench/pipeline.py
 
-# Load and fault soak against a real local stack (not part of `make test`); prints the ledger.
+# Load and fault soak against a real local stack, then across test hosts with random cuts of the workers'
+# links (needs root; not part of `make test`); prints the ledgers.
 soak: install
 	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/soak.py --hosts
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache *.egg-info

@@ -1,7 +1,8 @@
 """Load and soak: concurrent clients against a real local stack, then the job ledger.
 
-    make soak                          # 8 clients, 400 jobs, 2 worker processes
+    make soak                          # 8 clients, 400 jobs, 2 worker processes; then across hosts
     .venv/bin/python bench/soak.py --clients 4 --jobs 60
+    .venv/bin/python bench/soak.py --hosts [--cuts 6 --lease 10]   # test hosts, worker links cut at random
 
 Jobs mix effects, sizes and invalid requests, and some are cancelled right after submission. Clients
 honour 429/503 with Retry-After (backpressure). Afterwards every accepted job must be in exactly one
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ import cv2
 import requests
 from skimage import data as samples
 
+from backdrop.service.hosts import HostedService, TestHosts
 from backdrop.service.jobs import JobStatus, JobStore
 from backdrop.service.ledger import audit
 from backdrop.service.localstack import LocalStack, free_port
@@ -98,20 +101,30 @@ def client(api: str, jobs: int, seed: int, ledger: Ledger, photos: list[bytes], 
 
 
 def run_soak(stack: LocalStack, *, clients: int, jobs: int, timeout_s: float = 600) -> dict:
-    settings = Settings.from_env(stack.env)
-    store = JobStore.connect(settings.redis_url, ttl_s=settings.job_ttl_s)
+    return soak(stack.api_url, Settings.from_env(stack.env), clients=clients, jobs=jobs, timeout_s=timeout_s)
+
+
+def soak(
+    api_url: str,
+    settings: Settings,
+    *,
+    clients: int,
+    jobs: int,
+    timeout_s: float = 600,
+    executor: ThreadPoolExecutor | None = None,
+) -> dict:
+    """The clients (in ``executor``'s threads if given: e.g. on the client test host), then the ledger."""
+    store = JobStore.from_settings(settings)
     photos = [photo(640, 480, 1), photo(640, 480, 2), photo(1632, 1224, 3)]
     ledger = Ledger()
     started = time.monotonic()
     deadline = started + timeout_s
-    threads = [
-        threading.Thread(target=client, args=(stack.api_url, jobs // clients, i, ledger, photos, deadline))
-        for i in range(clients)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    pool = executor or ThreadPoolExecutor(clients)
+    runs = [pool.submit(client, api_url, jobs // clients, i, ledger, photos, deadline) for i in range(clients)]
+    for run in runs:
+        run.result()
+    if executor is None:
+        pool.shutdown()
     submitted = time.monotonic()
 
     records = {}
@@ -141,14 +154,74 @@ def run_soak(stack: LocalStack, *, clients: int, jobs: int, timeout_s: float = 6
     return report
 
 
+class Cuts:
+    """Random cuts of worker hosts' links while the soak runs: at most ``limit`` cuts, one host at a time,
+    each healed after 5-25 s; stops by itself, and heals everything when stopped."""
+
+    def __init__(self, hosts: TestHosts, victims: list[str], limit: int, seed: int = 7) -> None:
+        self.hosts, self.victims, self.limit = hosts, victims, limit
+        self.rng = random.Random(seed)
+        self.done: list[tuple[str, float]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        for _ in range(self.limit):
+            if self.stopping.wait(self.rng.uniform(2, 10)):
+                return
+            victim, seconds = self.rng.choice(self.victims), self.rng.uniform(5, 25)
+            self.hosts.cut(victim)
+            try:
+                self.stopping.wait(seconds)
+            finally:
+                self.hosts.heal(victim)
+            self.done.append((victim, round(seconds, 1)))
+
+    def __enter__(self) -> Cuts:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join(60)
+        for victim in self.victims:
+            self.hosts.heal(victim)
+
+
+def across_hosts(args: argparse.Namespace, env: dict[str, str]) -> dict:
+    """The soak with each part on a test host of its own, and random cuts of the workers' links."""
+    with tempfile.TemporaryDirectory(prefix="backdrop-soak-hosts-") as root, TestHosts() as hosts:
+        hosted = HostedService(
+            hosts, Path(root), {**env, "BACKDROP_LEASE_S": str(args.lease)}, concurrency=args.workers
+        )
+        hosted.start()
+        with Cuts(hosts, ["worker-1", "worker-2"], args.cuts) as cuts:
+            report = soak(
+                hosted.api_url,
+                hosted.settings,
+                clients=args.clients,
+                jobs=args.jobs,
+                timeout_s=900,
+                executor=hosts.executor("client", threads=args.clients),
+            )
+        return {**report, "cuts": cuts.done, "lease_s": args.lease}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--jobs", type=int, default=400)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--queue-limit", type=int, default=40, help="BACKDROP_MAX_QUEUE_DEPTH for the run")
+    parser.add_argument("--hosts", action="store_true", help="each part on a test host, worker links cut at random")
+    parser.add_argument("--cuts", type=int, default=6, help="with --hosts: how many cuts at most")
+    parser.add_argument("--lease", type=float, default=10, help="with --hosts: BACKDROP_LEASE_S")
     args = parser.parse_args()
     env = {**os.environ, "BACKDROP_THREADS": "1", "BACKDROP_MAX_QUEUE_DEPTH": str(args.queue_limit)}
+    if args.hosts:
+        report = across_hosts(args, env)
+        print_report(report)
+        return 0 if report["balanced"] else 1
     with tempfile.TemporaryDirectory(prefix="backdrop-soak-") as root:
         stack = LocalStack(root=Path(root), api_port=free_port(), workers=args.workers)
         stack.start(env)
@@ -156,11 +229,15 @@ def main() -> int:
             report = run_soak(stack, clients=args.clients, jobs=args.jobs)
         finally:
             stack.stop()
+    print_report(report)
+    return 0 if report["balanced"] else 1
+
+
+def print_report(report: dict) -> None:
     width = max(len(k) for k in report)
     for key, value in report.items():
         print(f"{key:<{width}}  {value}")
     print("ledger:", "OK" if report["balanced"] else "BROKEN")
-    return 0 if report["balanced"] else 1
 
 
 if __name__ == "__main__":

@@ -37,9 +37,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -56,6 +58,7 @@ from backdrop.settings import Settings
 SIZES = {"0.3 MP": (640, 480), "2.25 MP": (2000, 1125)}
 WORKER_COUNTS = (1, 2)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 def jpeg(width: int, height: int) -> bytes:
@@ -105,15 +108,22 @@ def tree_cpu(root: int, parents: dict[int, int]) -> float:
 
 
 class CpuMeter:
-    """CPU seconds used by each part of the stack (and this client) between two readings."""
+    """CPU seconds used by each part of the stack (and this client) between two readings: ``roots`` names
+    the processes (with everything below them) of each part."""
 
-    def __init__(self, stack: LocalStack) -> None:
-        self.roots = {
-            "api": [stack.process("api").process.pid],
-            "workers": [p.process.pid for p in stack.processes if p.name.startswith("worker-")],
-            "redis": [stack.process("redis").process.pid],
-            "s3": [stack.process("s3").process.pid],
-        }
+    def __init__(self, roots: dict[str, list[int]]) -> None:
+        self.roots = roots
+
+    @classmethod
+    def of_stack(cls, stack: LocalStack) -> CpuMeter:
+        return cls(
+            {
+                "api": [stack.process("api").process.pid],
+                "workers": [p.process.pid for p in stack.processes if p.name.startswith("worker-")],
+                "redis": [stack.process("redis").process.pid],
+                "s3": [stack.process("s3").process.pid],
+            }
+        )
 
     def read(self) -> dict[str, float]:
         parents = _parents()
@@ -152,13 +162,24 @@ class Connection:
 
 
 class Bench:
-    def __init__(self, stack: LocalStack, nodes: list[str]) -> None:
-        self.api = stack.api_url
-        self.settings = Settings.from_env(stack.env)
-        self.store = JobStore.connect(self.settings.redis_url, ttl_s=3600)
+    """``on_client(function)`` runs the client's side (submitting, polling) where the client is: here, or
+    on the client test host; the job records are read from here."""
+
+    def __init__(
+        self,
+        api_url: str,
+        settings: Settings,
+        meter: CpuMeter,
+        nodes: list[str],
+        on_client: Callable[[Callable[[], T]], T] = lambda function: function(),
+    ) -> None:
+        self.on_client = on_client
+        self.api = api_url
+        self.settings = settings
+        self.store = JobStore.from_settings(settings)
         self.control = make_celery(self.settings).control
         self.nodes = nodes
-        self.meter = CpuMeter(stack)
+        self.meter = meter
 
     def consume_on(self, count: int) -> None:
         """Only the first ``count`` worker nodes take jobs from the queue."""
@@ -223,8 +244,13 @@ class Bench:
         each job's end-to-end ms, and CPU ms per job of each process."""
         self.consume_on(workers)
         before = self.meter.read()
-        ids = self.submit_all(image, count)
-        self.wait_through_the_api(ids)
+
+        def client() -> list[str]:
+            ids = self.submit_all(image, count)
+            self.wait_through_the_api(ids)
+            return ids
+
+        ids = self.on_client(client)
         after = self.meter.read()
         records = self.records(ids)
         span = max(r.finished_at for r in records) - min(r.created_at for r in records)  # type: ignore[operator]
@@ -261,7 +287,11 @@ class Bench:
 # --- the bare pipeline ------------------------------------------------------------------------------------
 
 
-def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiprocessing.Queue) -> None:
+def _pipeline_loop(
+    image: bytes, seconds: float, start: float, rates: multiprocessing.Queue, cpus: set[int] | None = None
+) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     settings = Settings.from_env({**os.environ, "BACKDROP_THREADS": "1"})
     retain_freed_memory(settings.retain_freed_memory_mb)  # as the workers do
     pipeline = Pipeline(settings)
@@ -276,13 +306,17 @@ def _pipeline_loop(image: bytes, seconds: float, start: float, rates: multiproce
     rates.put((done / (time.perf_counter() - began), (time.process_time() - cpu) * 1e3 / done))
 
 
-def bare_pipeline(image: bytes, processes: int, seconds: float = 6) -> tuple[float, float]:
-    """Images/s of the pipeline alone in ``processes`` processes at once (no servers, no queue), and its
-    CPU ms per image."""
+def bare_pipeline(
+    image: bytes, processes: int, seconds: float = 6, cpus: set[int] | None = None
+) -> tuple[float, float]:
+    """Images/s of the pipeline alone in ``processes`` processes at once (no servers, no queue; on ``cpus``
+    if given), and its CPU ms per image."""
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no fork of this threaded process
     rates = spawn.Queue()
     start = time.time() + 20  # every process has loaded its models and warmed up by then
-    workers = [spawn.Process(target=_pipeline_loop, args=(image, seconds, start, rates)) for _ in range(processes)]
+    workers = [
+        spawn.Process(target=_pipeline_loop, args=(image, seconds, start, rates, cpus)) for _ in range(processes)
+    ]
     for worker in workers:
         worker.start()
     results = [rates.get(timeout=120) for _ in workers]
@@ -329,7 +363,9 @@ def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, d
         try:
             stack.start_worker_node("backdrop2")
             host = socket.gethostname()
-            bench = Bench(stack, [f"backdrop@{host}", f"backdrop2@{host}"])
+            settings = Settings.from_env(stack.env)
+            nodes = [f"backdrop@{host}", f"backdrop2@{host}"]
+            bench = Bench(stack.api_url, settings, CpuMeter.of_stack(stack), nodes)
             results = {}
             for label, image in images.items():
                 count = args.small_jobs if label == "0.3 MP" else args.large_jobs
@@ -338,6 +374,93 @@ def run(args: argparse.Namespace, images: dict[str, bytes]) -> tuple[dict[str, d
             return results, bench.submission_rate(images["0.3 MP"])
         finally:
             stack.stop()
+
+
+# --- across test hosts: the worker on a core of its own --------------------------------------------------
+
+
+def one_at_a_time(api_url: str, image: bytes, count: int) -> list[float]:
+    """End-to-end ms of jobs sent one after another, each answered when done (``Prefer: wait``)."""
+    body, content_type = multipart(image)
+    connection = Connection(api_url)
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        headers = {"Content-Type": content_type, "Prefer": "wait=30"}
+        status, answer = connection.call("POST", "/v1/jobs", body, headers)
+        if status != 201:
+            raise RuntimeError(f"job not done within the wait: {status} {answer[:200]!r}")
+        latencies.append((time.perf_counter() - started) * 1e3)
+    connection.close()
+    return latencies
+
+
+def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
+    """``--hosts``: the service on test hosts, the worker host pinned to one core and ``store``, ``api`` and
+    ``client`` (this process) on the other(s), against the bare pipeline pinned to the worker's core."""
+    from backdrop.service.hosts import HostedService, TestHosts, unavailable
+
+    reason = unavailable()
+    cores = sorted(os.sched_getaffinity(0))
+    if reason or len(cores) < 2:
+        print(f"--hosts cannot run here: {reason or 'it needs two cores'}", file=sys.stderr)
+        return 1
+    worker_core, others = cores[0], cores[1:]
+    os.sched_setaffinity(0, set(others))  # the load client and the harness (threads inherit it)
+    others_list = ",".join(map(str, others))
+    print(f"machine: {len(cores)} cores; worker host on core {worker_core} ({args.pool} pool, concurrency"
+          f" {args.concurrency}), store, api and client on {others_list}")  # fmt: skip
+    env = {**os.environ, "BACKDROP_THREADS": "1"}
+    with (
+        tempfile.TemporaryDirectory(prefix="backdrop-hosts-") as root,
+        TestHosts(["client", "api", "store", "worker-1"]) as hosts,
+    ):
+        cpus = {"worker-1": str(worker_core), "store": others_list, "api": others_list}
+        hosted = HostedService(
+            hosts, Path(root), env, workers=("worker-1",), cpus=cpus, pool=args.pool, concurrency=args.concurrency
+        )
+        hosted.start()
+        processes = hosted.processes
+        meter = CpuMeter(
+            {
+                "worker": [processes["worker-1"].process.pid],
+                "api": [processes["api"].process.pid, processes["beat"].process.pid],
+                "store": [processes["redis"].process.pid, processes["s3"].process.pid],
+            }
+        )
+        bench = Bench(hosted.api_url, hosted.settings, meter, [], lambda function: hosts.call("client", function))
+        rows, bare = [], {}
+        for label, image in images.items():
+            count = args.small_jobs if label == "0.3 MP" else args.large_jobs
+            bench.burst(image, 4, 1)  # warm-up
+            # The bare pipeline (on the worker's core, the service idle) and the service alternate: the
+            # machine's drift between runs hits both alike.
+            runs, bare_runs = [], []
+            for _ in range(args.repeat):
+                bare_runs.append(bare_pipeline(image, 1, cpus={worker_core}))
+                runs.append(bench.burst(image, count, 1))
+            bare[label] = (
+                statistics.median(r for r, _ in bare_runs),
+                statistics.median(c for _, c in bare_runs),
+            )
+            single = hosts.call("client", one_at_a_time, hosted.api_url, image, max(10, count // 4))
+            rate = statistics.median(r for r, _, _ in runs)
+            cpu = {name: statistics.median(c[name] for _, _, c in runs) for name in runs[0][2]}
+            rows.append((label, rate, statistics.median(single), percentile(single, 0.95), cpu))
+    print(f"\n{'size':>7} {'bare img/s':>10} {'jobs/s':>7} {'efficiency':>10} {'bare ms':>8} {'p50 ms':>7}"
+          f" {'p95 ms':>7} {'overhead p50':>12}")  # fmt: skip
+    for label, rate, p50, p95, _ in rows:
+        bare_rate = bare[label][0]
+        bare_ms = 1e3 / bare_rate
+        print(f"{label:>7} {bare_rate:10.2f} {rate:7.2f} {rate / bare_rate:10.2f} {bare_ms:8.1f} {p50:7.1f} {p95:7.1f}"
+              f" {p50 - bare_ms:12.1f}")  # fmt: skip
+    names = ("worker", "api", "store", "client")
+    print(f"\nCPU ms per job {'':>1}" + "".join(f"{name:>9}" for name in names) + f"{'bare':>9}")
+    for label, *_, cpu in rows:
+        print(f"{label:>15}" + "".join(f"{cpu[name]:9.1f}" for name in names) + f"{bare[label][1]:9.1f}")
+    print("\n(jobs/s: bursts of jobs through the service, from the first submission to the last finish; p50/p95:")
+    print(" jobs one at a time, from the client's POST to its answer with Prefer: wait; overhead: p50 - bare ms)")
+    return 0
 
 
 # --- the drop-in routes and the answers that wait ------------------------------------------------------
@@ -481,7 +604,12 @@ def main() -> int:
     parser.add_argument("--large-jobs", type=int, default=40)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (medians are printed)")
     parser.add_argument("--compat", action="store_true", help="the drop-in routes, webhooks and waiting answers")
+    parser.add_argument("--hosts", action="store_true", help="across test hosts, the worker on a core of its own")
+    parser.add_argument("--pool", default="prefork", help="with --hosts: the worker's Celery pool (prefork, threads)")
+    parser.add_argument("--concurrency", type=int, default=1, help="with --hosts: the worker's concurrency")
     args = parser.parse_args()
+    if args.hosts:
+        return across_hosts(args, {label: jpeg(*size) for label, size in SIZES.items()})
     if args.compat:
         env = {**os.environ, "BACKDROP_WORKER_METRICS_PORT": "0", "BACKDROP_WEBHOOK_ALLOW_PRIVATE": "true",
                "BACKDROP_WEBHOOK_SECRETS": "whsec_" + "YmVuY2gtd2ViaG9vay1zZWNyZXQtMTIz"}  # fmt: skip

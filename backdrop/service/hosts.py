@@ -363,6 +363,7 @@ class HostedService:
     base_env: Mapping[str, str]
     workers: tuple[str, ...] = ("worker-1", "worker-2")
     concurrency: int = 1
+    pool: str = "prefork"
     cpus: Mapping[str, str] = field(default_factory=dict)
     sentinel: bool = False
     redis_port: int = 6379
@@ -378,6 +379,11 @@ class HostedService:
         self.redis_password = secrets.token_urlsafe(18)
         self.logs = self.root / "log"
         self.logs.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def loaded_per_node(self) -> int:
+        """Processes that load models on a worker node (a threads pool shares one)."""
+        return 1 if self.pool == "threads" else self.concurrency
 
     def prefix(self, host: str) -> list[str]:
         pinned = ["taskset", "-c", self.cpus[host]] if host in self.cpus else []
@@ -434,7 +440,7 @@ class HostedService:
         for name in self.workers:
             self.start_worker(name, wait=False)
         for name in self.workers:
-            wait_for_workers(self.processes[name], self.concurrency)
+            wait_for_workers(self.processes[name], self.loaded_per_node)
 
     def _redis_options(self) -> list[str]:
         # Every node may become the primary, or a replica of another: each needs both passwords.
@@ -538,12 +544,13 @@ class HostedService:
                 queues=Settings.from_env(self.env).queue,
                 log_path=self.logs / f"{name}.log",
                 name=name,
+                pool=self.pool,
                 prefix=self.prefix(name),
             ),
         )
         self.processes[name] = process
         if wait:
-            wait_for_workers(process, self.concurrency)
+            wait_for_workers(process, self.loaded_per_node)
         return process
 
     def jobs(self) -> JobStore:
