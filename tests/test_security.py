@@ -227,6 +227,31 @@ def test_sweeper_queues_again_only_jobs_whose_message_is_gone(sweep_settings, sw
         jobs.redis.delete(KOMBU_UNACKED, settings.queue, QUEUED_SET, MISSING_SET)
 
 
+def test_a_queued_job_whose_worker_took_its_message_and_vanished_is_queued_again(sweep_settings, sweep_services):
+    """Its message sits delivered but unacknowledged (the worker was cut off between taking it and
+    starting the job): once that is older than a lease, it no longer counts as the job's message."""
+    import json
+
+    from backdrop.service.jobs import KOMBU_UNACKED, KOMBU_UNACKED_INDEX, MISSING_SET, QUEUED_SET
+
+    settings = sweep_settings
+    jobs, storage, _ = sweep_services
+    sent: list[str] = []
+    now = time.time() + 60
+    stale, fresh = queued_record(), queued_record()
+    for record, tag, delivered in ((stale, "tag-stale", now - settings.lease_s - 5), (fresh, "tag-fresh", now - 1)):
+        jobs.create(record)
+        message = {"headers": {"id": record.id, "task": "backdrop.process_job"}, "body": "..."}
+        jobs.redis.hset(KOMBU_UNACKED, tag, json.dumps([message, "", settings.queue]))
+        jobs.redis.zadd(KOMBU_UNACKED_INDEX, {tag: delivered})
+    try:
+        sweep(settings, jobs, storage, lambda job_id, queue, task: sent.append(job_id), now=now)
+        sweep(settings, jobs, storage, lambda job_id, queue, task: sent.append(job_id), now=now + 31)
+        assert sent == [stale.id]
+    finally:
+        jobs.redis.delete(KOMBU_UNACKED, KOMBU_UNACKED_INDEX, QUEUED_SET, MISSING_SET)
+
+
 def test_a_video_whose_chunks_wait_in_a_busy_queue_is_not_lost(sweep_settings, sweep_services):
     # Its chunks wait behind other work for longer than the visibility timeout: no progress, but nothing
     # lost. Once no message of it is left anywhere, the same silence is a lost video.

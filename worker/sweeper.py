@@ -7,7 +7,8 @@ expired objects.
   chunks, then the join): it is lost only when none of its parts made progress for the visibility
   timeout and no message of it waits in a queue.
 - A job still "queued" whose message no queue holds (a hard Redis crash lost the last second of
-  writes, or the API died between writing the record and queueing it) is queued again. It must be
+  writes, a failover lost it, the API died between writing the record and queueing it, or a worker took
+  it and was cut off before starting it) is queued again. It must be
   found without a message at two sweeps at least ``STALE_MARGIN_S`` apart: a worker takes a message
   off the list a moment before it records it as delivered, and a single look could fall in between.
 - Inputs and results older than the job TTL are deleted from the bucket (job records and uploads kept
@@ -63,8 +64,11 @@ def requeue_lost_messages(
 ) -> int:
     """Queue again the jobs that have waited without a message since an earlier sweep."""
     # The API queues a job right after writing its record: only older jobs can have lost their message.
+    # A worker starts a job the moment its message arrives (prefetch 1): one still queued whose message
+    # was delivered over a lease ago lost its worker in between (cut off, or gone), and counts as missing.
     waiting = jobs.queued_since_before(now - STALE_MARGIN_S)
-    missing_since = jobs.missing_since(jobs.without_message(waiting, settings.queues), now)
+    without = jobs.without_message(waiting, settings.queues, delivered_since=now - settings.lease_s)
+    missing_since = jobs.missing_since(without, now)
     requeued = 0
     for job_id, since in missing_since.items():
         if since > now - STALE_MARGIN_S:

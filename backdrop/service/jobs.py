@@ -53,6 +53,7 @@ ENDED_CHANNEL = "backdrop:job-ended"
 WEBHOOK_DUE_SET = "backdrop:webhooks-due"
 # kombu's Redis transport keeps delivered, unacknowledged messages in this hash (by delivery tag).
 KOMBU_UNACKED = KombuRedisChannel.unacked_key
+KOMBU_UNACKED_INDEX = KombuRedisChannel.unacked_index_key  # delivery tag -> when it was delivered
 T = TypeVar("T")
 
 
@@ -300,26 +301,32 @@ redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]) / 1000, ARGV[4
 return 1
 """
 
+# The number of the current attempt at a job's part: the job's fence for the whole job ("run"), else the
+# part's count in the job's attempts hash (a video's chunk, its join).
+_CURRENT_ATTEMPT = f"""
+local function current_attempt(job_key, attempts_key, part)
+  if part == '{RUN_PART}' then return redis.call('HGET', job_key, 'fence') end
+  return redis.call('HGET', attempts_key, part)
+end
+"""
+
 # KEYS[1] job, KEYS[2] attempts per part, KEYS[3] the lease, KEYS[4] the lease set; ARGV: job id, part,
 # fence, member. Claims an expired attempt for a takeover: only once (whoever removes it from the set),
 # once the lease key is gone by Redis's own clock (the set's scores come from the workers' clocks), while
 # the job still runs and no later attempt has the part. 1: queue the part again. A member no longer worth
 # keeping (a later attempt holds the part, the job ended) leaves the set.
-_TAKE_OVER = """
+_TAKE_OVER = (
+    _CURRENT_ATTEMPT
+    + """
 local holder = redis.call('GET', KEYS[3])
 if holder == ARGV[3] then return 0 end
 if redis.call('ZREM', KEYS[4], ARGV[4]) == 0 then return 0 end
 if holder then return 0 end
 if redis.call('HGET', KEYS[1], 'status') ~= '"running"' then return 0 end
-local current
-if ARGV[2] == 'run' then
-  current = redis.call('HGET', KEYS[1], 'fence')
-else
-  current = redis.call('HGET', KEYS[2], ARGV[2])
-end
-if current ~= ARGV[3] then return 0 end
+if current_attempt(KEYS[1], KEYS[2], ARGV[2]) ~= ARGV[3] then return 0 end
 return 1
 """
+)
 
 # KEYS[1] job, KEYS[2] running set, KEYS[3] webhook outbox, KEYS[4] attempts per part, KEYS[5] the
 # part's lease, KEYS[6] the lease set; ARGV: job id, now, part, fence ('': not an attempt's, e.g. the
@@ -327,17 +334,12 @@ return 1
 # the part's current attempt: a late worker's outcome is refused (0).
 _FINISH = (
     _ENDED
+    + _CURRENT_ATTEMPT
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= '"running"' then return 0 end
 if ARGV[4] ~= '' then
-  local current
-  if ARGV[3] == 'run' then
-    current = redis.call('HGET', KEYS[1], 'fence')
-  else
-    current = redis.call('HGET', KEYS[4], ARGV[3])
-  end
-  if current ~= ARGV[4] then return 0 end
+  if current_attempt(KEYS[1], KEYS[4], ARGV[3]) ~= ARGV[4] then return 0 end
   redis.call('DEL', KEYS[5])
   redis.call('ZREM', KEYS[6], ARGV[5])
 end
@@ -348,22 +350,28 @@ return 1
 """
 )
 
-# KEYS: the queues' lists, then kombu's hash of delivered but unacknowledged messages; ARGV: job ids.
-# Returns the ids no message names. One script, so a message cannot move from a list to the hash
-# unseen between the two reads (kombu pops it first, then records it: a message in that short window
-# is missed here, which is why a job must be missing at two sweeps before it is re-sent).
+# KEYS: the queues' lists, then kombu's hash of delivered but unacknowledged messages and its index (by
+# delivery time); ARGV: a cutoff ('': none), job ids. Returns the ids no message names; with a cutoff, a
+# message delivered before it and still unacknowledged does not count (its worker took it and vanished
+# before starting the job). One script, so a message cannot move from a list to the hash unseen between
+# the two reads (kombu pops it first, then records it: a message in that short window is missed here,
+# which is why a job must be missing at two sweeps before it is re-sent).
 _WITHOUT_MESSAGE = """
 local named = {}
 local function scan(message)
   for id in string.gmatch(message, '"id":%s*"(%x+)[%-"]') do named[id] = true end
 end
-for i = 1, #KEYS - 1 do
+for i = 1, #KEYS - 2 do
   for _, message in ipairs(redis.call('LRANGE', KEYS[i], 0, -1)) do scan(message) end
 end
-for _, message in ipairs(redis.call('HVALS', KEYS[#KEYS])) do scan(message) end
+local delivered = redis.call('HGETALL', KEYS[#KEYS - 1])
+for i = 1, #delivered, 2 do
+  local since = redis.call('ZSCORE', KEYS[#KEYS], delivered[i])
+  if ARGV[1] == '' or not since or tonumber(since) >= tonumber(ARGV[1]) then scan(delivered[i + 1]) end
+end
 local missing = {}
-for _, id in ipairs(ARGV) do
-  if not named[id] then table.insert(missing, id) end
+for i = 2, #ARGV do
+  if not named[ARGV[i]] then table.insert(missing, ARGV[i]) end
 end
 return missing
 """
@@ -691,9 +699,12 @@ class JobStore:
     def clear_missing(self, job_id: str) -> None:
         guard_redis(lambda: self._redis.zrem(MISSING_SET, job_id))
 
-    def without_message(self, job_ids: list[str], queues: list[str]) -> list[str]:
+    def without_message(
+        self, job_ids: list[str], queues: list[str], *, delivered_since: float | None = None
+    ) -> list[str]:
         """Those of ``job_ids`` that no message in ``queues`` (waiting, or delivered and unacknowledged) names:
         a message's task id is its job's id, or starts with it and a dash (a part of a job, ``enqueue_part``).
+        With ``delivered_since``, an unacknowledged message delivered before it does not count.
 
         Reads kombu's Redis transport layout: a list per queue (and per priority step, unused here) and
         the ``unacked`` hash. Its cost grows with the queue's length."""
@@ -702,8 +713,9 @@ class JobStore:
         # kombu's list names: the queue's own for priority 0, "{queue}{sep}{step}" for the other steps.
         suffixes = ["", *(f"{KombuRedisChannel.sep}{step}" for step in KOMBU_PRIORITY_STEPS if step)]
         lists = [queue + suffix for queue in queues for suffix in suffixes]
-        keys = [*lists, KOMBU_UNACKED]
-        return [str(job_id) for job_id in guard_redis(lambda: self._without_message(keys=keys, args=job_ids))]
+        keys = [*lists, KOMBU_UNACKED, KOMBU_UNACKED_INDEX]
+        args = ["" if delivered_since is None else repr(delivered_since), *job_ids]
+        return [str(job_id) for job_id in guard_redis(lambda: self._without_message(keys=keys, args=args))]
 
     def missing_since(self, job_ids: list[str], now: float) -> dict[str, float]:
         """Note that ``job_ids`` had no message at ``now``, keeping the time each was first found so, and
