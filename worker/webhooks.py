@@ -23,7 +23,7 @@ from typing import Any
 
 import urllib3
 
-from backdrop.service.events import subscribe_to_ends
+from backdrop.service.events import EndsSubscription
 from backdrop.service.job_view import job_view
 from backdrop.service.jobs import JobStore
 from backdrop.service.observability import WEBHOOK_DELIVERIES
@@ -182,13 +182,17 @@ class WebhookDispatcher:
 
     def _run(self) -> None:
         while True:
+            subscription = None
             try:
-                pubsub = subscribe_to_ends(self.deliverer.settings)
+                subscription = EndsSubscription(self.deliverer.settings)
                 while True:
                     self.deliver_due()
                     due = self.deliverer.jobs.next_webhook_due()
                     wait = IDLE_WAKE_S if due is None else min(IDLE_WAKE_S, max(0.0, due - time.time()))
-                    pubsub.get_message(timeout=wait)  # a job ended (anyone's), or a retry is due
+                    subscription.next_end(wait)  # a job ended (anyone's), or a retry is due
             except Exception as exc:
                 log.warning("webhook dispatcher: %s; starting again", exc)
                 time.sleep(RESTART_DELAY_S)
+            finally:
+                if subscription is not None:
+                    subscription.close()

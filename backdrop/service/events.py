@@ -10,6 +10,7 @@ every waiter reads the status once more (messages published while it was down ar
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,18 +27,54 @@ log = logging.getLogger("backdrop.events")
 RESUBSCRIBE_DELAY_S = 0.5
 # The subscriber thread looks up from its socket this often (for the connection's health check).
 HEALTH_CHECK_EVERY_S = 1.0
+# A subscription PINGs its server this often while it waits, and counts as lost once its PINGs went
+# unanswered this long: a server whose host vanished (or froze) sends no reset, and TCP alone would take
+# hours to notice, leaving a subscription on a dead primary after a failover.
+PING_EVERY_S = 2
+SILENT_AFTER_S = 6.0
 
 
-def subscribe_to_ends(settings: Settings) -> redis.client.PubSub:
-    """A subscription to ``ENDED_CHANNEL`` on a connection of its own: no read timeout (it is quiet between
-    jobs); a dead connection is found by the health check's PING, which needs ``get_message`` called at
-    least every few seconds."""
-    client = connect_redis(
-        settings, decode_responses=False, socket_timeout=None, socket_keepalive=True, health_check_interval=5
-    )
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(ENDED_CHANNEL)
-    return pubsub
+class EndsSubscription:
+    """A subscription to ``ENDED_CHANNEL`` on a connection of its own (no read timeout: it is quiet between
+    jobs) that notices a server gone silent. Call :meth:`next_end` at least every few seconds."""
+
+    def __init__(self, settings: Settings) -> None:
+        # Held for the subscription's life: a client that is garbage-collected closes its pool, and with it
+        # the subscriber's connection.
+        self._client = connect_redis(
+            settings,
+            decode_responses=False,
+            socket_timeout=None,
+            socket_keepalive=True,
+            health_check_interval=PING_EVERY_S,
+        )
+        self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        self._answered_at = time.monotonic()
+        try:
+            self._pubsub.subscribe(ENDED_CHANNEL)
+        except BaseException:
+            self.close()
+            raise
+
+    def next_end(self, timeout_s: float) -> str | None:
+        """The id of a job that ended, within ``timeout_s`` (None: none did). Raises ``redis.ConnectionError``
+        when the server stopped answering: close this one and subscribe again."""
+        message = self._pubsub.get_message(timeout=timeout_s)
+        now = time.monotonic()
+        if self._pubsub.health_check_response_counter == 0:  # every PING answered
+            self._answered_at = now
+        elif now - self._answered_at > SILENT_AFTER_S:
+            raise redis.ConnectionError(f"the job-end subscription's server has not answered for {SILENT_AFTER_S:g} s")
+        if message is None or message.get("type") != "message":
+            return None
+        data = message["data"]
+        return data.decode() if isinstance(data, bytes) else str(data)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # its connection may be broken already
+            self._pubsub.close()
+        with contextlib.suppress(Exception):
+            self._client.close()
 
 
 class _Waiting:
@@ -116,14 +153,17 @@ class JobEndWaiter:
 
     def _listen(self) -> None:
         while True:
+            subscription = None
             try:
-                pubsub = subscribe_to_ends(self._settings)
+                subscription = EndsSubscription(self._settings)
                 self._wake(None)  # anything that ended while we were not listening
                 while True:
-                    message = pubsub.get_message(timeout=HEALTH_CHECK_EVERY_S)
-                    if message is not None and message.get("type") == "message":
-                        data = message["data"]
-                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                    job_id = subscription.next_end(HEALTH_CHECK_EVERY_S)
+                    if job_id is not None:
+                        self._wake(job_id)
+            except Exception as exc:  # the thread must outlive any failure of the connection
                 log.warning("job-end subscription lost (%s); subscribing again", exc)
                 time.sleep(RESUBSCRIBE_DELAY_S)
+            finally:
+                if subscription is not None:
+                    subscription.close()

@@ -1,0 +1,64 @@
+"""The job-end subscription against a real server: it hears a job end, and notices a server that went
+silent without closing the connection (its host vanished or froze), so it can subscribe again."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from backdrop.service.events import SILENT_AFTER_S, EndsSubscription
+from backdrop.service.jobs import ENDED_CHANNEL
+from backdrop.service.localstack import free_port, start_redis
+from backdrop.settings import Settings
+
+
+@pytest.fixture()
+def server(tmp_path: Path):
+    port = free_port()
+    process = start_redis(tmp_path / "redis", port, tmp_path)
+    try:
+        yield process, Settings.from_env({"BACKDROP_REDIS_URL": f"redis://127.0.0.1:{port}/0"}), port
+    finally:
+        os.kill(process.process.pid, signal.SIGCONT)
+        process.stop()
+
+
+def test_a_subscription_hears_a_job_end(server):
+    _, settings, port = server
+    subscription = EndsSubscription(settings)
+    try:
+        redis.Redis(port=port).publish(ENDED_CHANNEL, "job-1")
+        heard = [subscription.next_end(0.5) for _ in range(10)]
+        assert "job-1" in heard
+    finally:
+        subscription.close()
+
+
+def test_a_subscription_whose_server_went_silent_is_lost(server):
+    process, settings, _ = server
+    subscription = EndsSubscription(settings)
+    try:
+        assert subscription.next_end(0.1) is None
+        os.kill(process.process.pid, signal.SIGSTOP)  # connected, but nothing answers: no reset comes
+        frozen_at = time.monotonic()
+        with pytest.raises(redis.ConnectionError, match="has not answered"):
+            for _ in range(int(SILENT_AFTER_S) * 3):
+                subscription.next_end(1.0)
+        assert time.monotonic() - frozen_at >= SILENT_AFTER_S  # not before the silence was long enough
+    finally:
+        subscription.close()
+
+
+def test_a_quiet_but_healthy_subscription_is_kept(server):
+    _, settings, _ = server
+    subscription = EndsSubscription(settings)
+    try:
+        for _ in range(int(SILENT_AFTER_S) + 3):  # longer than the silence limit, with nothing published
+            assert subscription.next_end(1.0) is None
+    finally:
+        subscription.close()
