@@ -28,15 +28,15 @@ def _credentials(url: str) -> tuple[str | None, str | None, int]:
 
 def connect_redis(settings: Settings, *, decode_responses: bool = True, **options: Any) -> redis.Redis:
     """A client for the service's Redis: short timeouts, and a pooled connection that broke (a restart, a
-    failover) retried once on a fresh one. ``options`` override the connection's (e.g. no read timeout
-    for a subscription)."""
+    failover) retried once on a fresh one. A timeout is not retried: a server that did not answer in
+    time (a cut link, a dead host) would only cost another timeout before the caller's ``503``.
+    ``options`` override the connection's (e.g. no read timeout for a subscription)."""
     connection: dict[str, Any] = {
         "socket_connect_timeout": 1.0,
         "socket_timeout": 3.0,
         "health_check_interval": 15,
         "decode_responses": decode_responses,
-        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
-        "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+        "retry": Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1, supported_errors=(redis.ConnectionError,)),
         **options,
     }
     if not settings.redis_sentinels:
