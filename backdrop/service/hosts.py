@@ -468,6 +468,9 @@ class HostedService:
                 name="redis-2",
             )
             self.processes["redis-2"] = self.hosts.adopt("store-2", replica)
+            # Until its first full copy arrives (Valkey waits 5 s for more replicas before sending one), the
+            # replica holds nothing: a failover then would promote an empty server.
+            _wait_until(self._replica_in_sync, "the replica's first sync", replica, 60)
         objects = self.hosts[self.s3_host]
         s3 = start_s3(
             self.root / "s3",
@@ -480,6 +483,17 @@ class HostedService:
             prefix=self.prefix(self.s3_host),
         )
         self.processes["s3"] = self.hosts.adopt(self.s3_host, s3)
+
+    def _replica_in_sync(self) -> bool:
+        client = redis.Redis(
+            self.hosts["store-2"].address, self.redis_port, password=self.redis_password, socket_timeout=1.0
+        )
+        try:
+            return client.info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
 
     def start_sentinels(self) -> None:
         """``valkey-server sentinel.conf --sentinel`` on each sentinel host, watching the primary."""
