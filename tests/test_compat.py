@@ -23,6 +23,7 @@ from PIL import Image
 from standardwebhooks.webhooks import Webhook
 
 from tests.conftest import WEBHOOK_SECRET, encode_rgb
+from tests.waiting import wait_for
 from worker.faults import marker
 
 pytestmark = pytest.mark.integration
@@ -291,13 +292,6 @@ class Receiver:
         self.server.server_close()
 
 
-def wait_until(check, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_signed_webhooks_are_retried_and_delivered_once(stack, astronaut_jpeg):
     receiver = Receiver(failures=2)
     try:
@@ -307,7 +301,7 @@ def test_signed_webhooks_are_retried_and_delivered_once(stack, astronaut_jpeg):
             data={"callback_url": receiver.url},
             timeout=30,
         ).json()
-        wait_until(lambda: any(status == 204 for *_, status in receiver.seen))
+        wait_for(lambda: any(status == 204 for *_, status in receiver.seen), 20, "a delivery answered 204")
         time.sleep(3)  # long enough for a stray second delivery to show
         assert [status for *_, status in receiver.seen] == [503, 503, 204]
         assert all(payload is not None for _, _, payload, _ in receiver.seen)  # every attempt verified
@@ -342,7 +336,7 @@ def test_a_failed_job_is_delivered_too_and_a_client_error_stops_retries(stack):
             data={"callback_url": receiver.url},
             timeout=30,
         ).json()
-        wait_until(lambda: bool(receiver.seen))
+        wait_for(lambda: bool(receiver.seen), 20, "a delivery")
         time.sleep(2)  # a 410 is not retried: nothing more comes
         assert len(receiver.seen) == 1
         payload = receiver.seen[0][2]

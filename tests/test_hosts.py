@@ -11,9 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import av
 import pytest
@@ -24,9 +22,9 @@ from backdrop.service.jobs import ATTEMPTS_SUFFIX, KEY_PREFIX, JobRecord, JobSta
 from backdrop.service.ledger import audit
 from tests import videos
 from tests.test_faults import with_fault
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
-T = TypeVar("T")
 LEASE_S = 5
 HOSTS_ENV = {
     "BACKDROP_THREADS": "1",
@@ -51,16 +49,6 @@ def service(tmp_path_factory) -> HostedService:
         hosted = HostedService(hosts, tmp_path_factory.mktemp("hosts"), {**os.environ, **HOSTS_ENV})
         hosted.start()
         yield hosted
-
-
-def wait_for(predicate: Callable[[], T], timeout_s: float, what: str) -> T:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
 def post(service: HostedService, files: dict, **fields: str) -> requests.Response:
