@@ -30,19 +30,15 @@ def server(tmp_path: Path):
 
 def test_a_subscription_hears_a_job_end(server):
     _, settings, port = server
-    subscription = EndsSubscription(settings)
-    try:
+    with EndsSubscription(settings) as subscription:
         redis.Redis(port=port).publish(ENDED_CHANNEL, "job-1")
         heard = [subscription.next_end(0.5) for _ in range(10)]
         assert "job-1" in heard
-    finally:
-        subscription.close()
 
 
 def test_a_subscription_whose_server_went_silent_is_lost(server):
     process, settings, _ = server
-    subscription = EndsSubscription(settings)
-    try:
+    with EndsSubscription(settings) as subscription:
         assert subscription.next_end(0.1) is None
         os.kill(process.process.pid, signal.SIGSTOP)  # connected, but nothing answers: no reset comes
         frozen_at = time.monotonic()
@@ -50,15 +46,10 @@ def test_a_subscription_whose_server_went_silent_is_lost(server):
             for _ in range(int(SILENT_AFTER_S) * 3):
                 subscription.next_end(1.0)
         assert time.monotonic() - frozen_at >= SILENT_AFTER_S  # not before the silence was long enough
-    finally:
-        subscription.close()
 
 
 def test_a_quiet_but_healthy_subscription_is_kept(server):
     _, settings, _ = server
-    subscription = EndsSubscription(settings)
-    try:
+    with EndsSubscription(settings) as subscription:
         for _ in range(int(SILENT_AFTER_S) + 3):  # longer than the silence limit, with nothing published
             assert subscription.next_end(1.0) is None
-    finally:
-        subscription.close()

@@ -182,17 +182,13 @@ class WebhookDispatcher:
 
     def _run(self) -> None:
         while True:
-            subscription = None
             try:
-                subscription = EndsSubscription(self.deliverer.settings)
-                while True:
-                    self.deliver_due()
-                    due = self.deliverer.jobs.next_webhook_due()
-                    wait = IDLE_WAKE_S if due is None else min(IDLE_WAKE_S, max(0.0, due - time.time()))
-                    subscription.next_end(wait)  # a job ended (anyone's), or a retry is due
+                with EndsSubscription(self.deliverer.settings) as subscription:
+                    while True:
+                        self.deliver_due()
+                        due = self.deliverer.jobs.next_webhook_due()
+                        wait = IDLE_WAKE_S if due is None else min(IDLE_WAKE_S, max(0.0, due - time.time()))
+                        subscription.next_end(wait)  # a job ended (anyone's), or a retry is due
             except Exception as exc:
                 log.warning("webhook dispatcher: %s; starting again", exc)
                 time.sleep(RESTART_DELAY_S)
-            finally:
-                if subscription is not None:
-                    subscription.close()

@@ -70,6 +70,12 @@ class EndsSubscription:
         data = message["data"]
         return data.decode() if isinstance(data, bytes) else str(data)
 
+    def __enter__(self) -> EndsSubscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         with contextlib.suppress(Exception):  # its connection may be broken already
             self._pubsub.close()
@@ -153,17 +159,13 @@ class JobEndWaiter:
 
     def _listen(self) -> None:
         while True:
-            subscription = None
             try:
-                subscription = EndsSubscription(self._settings)
-                self._wake(None)  # anything that ended while we were not listening
-                while True:
-                    job_id = subscription.next_end(HEALTH_CHECK_EVERY_S)
-                    if job_id is not None:
-                        self._wake(job_id)
+                with EndsSubscription(self._settings) as subscription:
+                    self._wake(None)  # anything that ended while we were not listening
+                    while True:
+                        job_id = subscription.next_end(HEALTH_CHECK_EVERY_S)
+                        if job_id is not None:
+                            self._wake(job_id)
             except Exception as exc:  # the thread must outlive any failure of the connection
                 log.warning("job-end subscription lost (%s); subscribing again", exc)
                 time.sleep(RESUBSCRIBE_DELAY_S)
-            finally:
-                if subscription is not None:
-                    subscription.close()
