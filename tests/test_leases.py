@@ -11,7 +11,7 @@ import pytest
 from backdrop.params import JobParams, MediaKind
 from backdrop.service.jobs import JOIN_PART, LEASES_SET, RUN_PART, JobRecord, JobStatus, JobStore, Lease
 from backdrop.settings import Settings
-from worker.leases import LeaseKeeper, LeaseLost
+from worker.leases import LeaseKeeper, LeaseLost, killed_attempt
 
 LEASE_S = 0.4
 
@@ -134,3 +134,14 @@ def test_the_keeper_renews_what_it_holds_and_takes_over_what_expired(jobs):
         assert keeper.renew_held() == 1
         with pytest.raises(LeaseLost):
             held.check()
+
+
+def test_a_hard_time_limit_fails_only_an_attempt_of_its_own_node():
+    """The parent of a killed pool process fails the job under the current attempt's fence, unless
+    another node took the job over meanwhile (its lease ran out while the killed process was stuck)."""
+    from dataclasses import replace
+
+    record = replace(queued(), status=JobStatus.RUNNING, worker="node-1:4242", attempts=2)
+    assert killed_attempt(record, "node-1") == Lease(record.id, RUN_PART, 2)
+    assert killed_attempt(record, "node-2") is None
+    assert killed_attempt(replace(record, worker=None), "node-1") is None

@@ -10,6 +10,7 @@ nothing is loaded before the fork; a GPU worker runs one process per GPU with ``
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 
@@ -51,6 +52,7 @@ from backdrop.service.queue import (
 from backdrop.service.storage import open_storage
 from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
+from worker.leases import killed_attempt
 from worker.sweeper import sweep
 from worker.video import VideoRunner
 from worker.webhooks import WebhookDeliverer, WebhookDispatcher
@@ -158,9 +160,16 @@ class JobTask(Task):
         _parent_jobs = _parent_jobs or JobStore.from_settings(settings)
         record = _parent_jobs.get(str(args[0]))
         if record is not None:
+            lease = None
+            if self.name == PROCESS_TASK:
+                # A photo's attempts are fenced: a job that another node took over is left to that attempt.
+                lease = killed_attempt(record, socket.gethostname())
+                if lease is None:
+                    log.warning("job %s: past the hard limit, but another attempt holds it now", record.id)
+                    return
             limit = settings.video_task_time_limit_s if record.is_video else settings.task_time_limit_s
             if _parent_jobs.fail(
-                record, "timeout", f"the job ran past the {limit} s hard limit; its process was replaced"
+                record, "timeout", f"the job ran past the {limit} s hard limit; its process was replaced", lease
             ):
                 JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
                 JOB_FAILURES.labels("timeout").inc()

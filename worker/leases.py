@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from backdrop.service.jobs import RUN_PART, BrokerUnavailable, JobStore, Lease
+from backdrop.service.jobs import RUN_PART, BrokerUnavailable, JobRecord, JobStore, Lease
 from backdrop.service.observability import JOBS_TAKEN_OVER
 
 log = logging.getLogger("backdrop.worker")
@@ -131,3 +131,14 @@ class LeaseKeeper:
             except Exception:  # the thread must outlive any one failure
                 log.exception("leases: unexpected failure")
             time.sleep(min(SCAN_INTERVAL_S, self.renew_every_s))
+
+
+def killed_attempt(record: JobRecord, hostname: str) -> Lease | None:
+    """The job's current attempt, when it runs on this node (``hostname``): the one the hard time limit is
+    killing, unless a sibling process took the job over, which this cannot tell apart. None when another
+    node holds the job now: it was taken over while the killed one was stuck, and its outcome is its own.
+    (Celery runs the failure hook before the kill, with no process id: the attempt's host is what is known.)"""
+    host, _, _ = (record.worker or "").rpartition(":")
+    if host != hostname:
+        return None
+    return Lease(record.id, RUN_PART, record.attempts)
