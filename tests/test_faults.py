@@ -136,6 +136,18 @@ def test_sigkill_mid_job_is_redelivered_and_stored_once(stack, settings, store, 
     assert result_objects(settings, job_id) == [record.result.key]
 
 
+def frozen_attempt_gave_up(stack: LocalStack, job_id: str) -> None:
+    """Wait for a woken (SIGCONT) attempt to give up: its renewal refused, its result refused, or (woken
+    past the soft time limit) its failure refused."""
+    worker = stack.process("worker-backdrop")
+    gave_up = (
+        f"job {job_id}: a later attempt has it",
+        f"job {job_id}: taken over by another worker",
+        f"job {job_id}: the failure is not recorded",
+    )
+    wait_for(lambda: any(line in worker.log_text() for line in gave_up), 20, "the frozen attempt to give up")
+
+
 def test_a_worker_that_stops_answering_is_taken_over_and_fenced_out(stack, settings, store, astronaut_jpeg):
     """A process frozen mid-job (SIGSTOP: alive, silent, as behind a partition) stops renewing its lease:
     the other process takes the job over within the lease; when the frozen one wakes, nothing it does
@@ -152,17 +164,34 @@ def test_a_worker_that_stops_answering_is_taken_over_and_fenced_out(stack, setti
         assert record.status is JobStatus.SUCCEEDED and record.attempts == 2 and pid_of(record) != frozen
     finally:
         os.kill(frozen, signal.SIGCONT)
-    worker = stack.process("worker-backdrop")
-    # It wakes to its renewal refused, its result refused, or (past the soft time limit) its failure refused.
-    gave_up = (
-        f"job {job_id}: a later attempt has it",
-        f"job {job_id}: taken over by another worker",
-        f"job {job_id}: the failure is not recorded",
-    )
-    wait_for(lambda: any(line in worker.log_text() for line in gave_up), 20, "the frozen attempt to give up")
+    frozen_attempt_gave_up(stack, job_id)
     time.sleep(0.5)
     assert store.get(job_id) == record  # the late attempt wrote nothing
     assert result_objects(settings, job_id) == [record.result.key]
+
+
+def test_a_taken_over_job_does_not_wait_behind_the_queue(stack, settings, store, astronaut_jpeg):
+    """A takeover goes to the queue's takeover lane, which workers take turns with: it runs at the next
+    message, ahead of the jobs queued behind it, not after all of them."""
+    job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 2))
+    frozen = pid_of(running(store, job_id))
+    os.kill(frozen, signal.SIGSTOP)
+    try:
+        backlog = [accepted(stack, with_fault(astronaut_jpeg, "slow", 1)) for _ in range(8)]
+        record = finished(store, job_id, timeout_s=settings.lease_s + 40)
+        assert record.status is JobStatus.SUCCEEDED and record.attempts == 2
+        later = [r for r in (finished(store, b, timeout_s=60) for b in backlog) if r.finished_at > record.finished_at]
+        assert len(later) >= 2, f"only {len(later)} of the backlog finished after the taken-over job"
+    finally:
+        try:
+            os.kill(frozen, signal.SIGCONT)
+            woken = True
+        except ProcessLookupError:  # the hard time limit killed it meanwhile
+            woken = False
+    if woken:
+        frozen_attempt_gave_up(stack, job_id)
+    time.sleep(0.5)
+    assert store.get(job_id) == record  # neither the woken attempt nor the hard limit changed it
 
 
 def test_sigterm_lets_the_running_job_finish(stack, settings, store, astronaut_jpeg):

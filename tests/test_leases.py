@@ -142,6 +142,7 @@ def test_a_hard_time_limit_fails_only_an_attempt_of_its_own_node():
     from dataclasses import replace
 
     record = replace(queued(), status=JobStatus.RUNNING, worker="node-1:4242", attempts=2)
-    assert killed_attempt(record, "node-1") == Lease(record.id, RUN_PART, 2)
-    assert killed_attempt(record, "node-2") is None
-    assert killed_attempt(replace(record, worker=None), "node-1") is None
+    assert killed_attempt(record, "node-1", {4243}) == Lease(record.id, RUN_PART, 2)
+    assert killed_attempt(record, "node-1", {4242}) is None  # a sibling process took it over
+    assert killed_attempt(record, "node-2", set()) is None  # another node took it over
+    assert killed_attempt(replace(record, worker=None), "node-1", set()) is None

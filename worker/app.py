@@ -13,10 +13,12 @@ import logging
 import socket
 import threading
 import time
+from typing import Any
 
 from celery import Task
 from celery.exceptions import TimeLimitExceeded
 from celery.signals import (
+    celeryd_after_setup,
     setup_logging,
     task_postrun,
     task_prerun,
@@ -24,6 +26,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
 )
+from celery.worker import state as worker_state
 
 from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import get_model
@@ -44,10 +47,12 @@ from backdrop.service.queue import (
     JOIN_TASK,
     PROCESS_TASK,
     SWEEP_TASK,
+    TAKEOVER_LANE_SUFFIX,
     VIDEO_TASK,
     enqueue,
     enqueue_part,
     make_celery,
+    takeover_lane,
 )
 from backdrop.service.storage import open_storage
 from backdrop.service.uploads import Uploads
@@ -145,6 +150,15 @@ def leave_job(task_id: str | None = None, **_: object) -> None:
         current_job_id.reset(token)  # type: ignore[arg-type]
 
 
+@celeryd_after_setup.connect
+def consume_takeover_lanes(sender: str, instance: Any, **_: object) -> None:
+    """Every worker consumes the takeover lane of each queue it consumes (``--queues``, or all declared)."""
+    queues = instance.app.amqp.queues
+    for name in list(queues.consume_from):
+        if not name.endswith(TAKEOVER_LANE_SUFFIX):
+            queues.select_add(takeover_lane(name))
+
+
 @worker_process_init.connect
 def load_models(**_: object) -> None:
     runner()
@@ -163,7 +177,8 @@ class JobTask(Task):
             lease = None
             if self.name == PROCESS_TASK:
                 # A photo's attempts are fenced: a job that another node took over is left to that attempt.
-                lease = killed_attempt(record, socket.gethostname())
+                others = {r.worker_pid for r in worker_state.active_requests if r.id != task_id and r.worker_pid}
+                lease = killed_attempt(record, socket.gethostname(), others)
                 if lease is None:
                     log.warning("job %s: past the hard limit, but another attempt holds it now", record.id)
                     return

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 
 from backdrop.service.jobs import RUN_PART, BrokerUnavailable, JobRecord, JobStore, Lease
@@ -133,12 +133,12 @@ class LeaseKeeper:
             time.sleep(min(SCAN_INTERVAL_S, self.renew_every_s))
 
 
-def killed_attempt(record: JobRecord, hostname: str) -> Lease | None:
-    """The job's current attempt, when it runs on this node (``hostname``): the one the hard time limit is
-    killing, unless a sibling process took the job over, which this cannot tell apart. None when another
-    node holds the job now: it was taken over while the killed one was stuck, and its outcome is its own.
-    (Celery runs the failure hook before the kill, with no process id: the attempt's host is what is known.)"""
-    host, _, _ = (record.worker or "").rpartition(":")
-    if host != hostname:
+def killed_attempt(record: JobRecord, hostname: str, busy_pids: Collection[int]) -> Lease | None:
+    """The job's current attempt, when it is the one the hard time limit is killing: it runs on this node
+    (``hostname``) and not in one of the other pool processes busy with a task (``busy_pids``). None when
+    another process holds the job now: it was taken over while the killed one was stuck, and its outcome
+    is its own. (Celery runs the failure hook before the kill, and without the process id.)"""
+    host, _, pid = (record.worker or "").rpartition(":")
+    if host != hostname or (pid.isdigit() and int(pid) in busy_pids):
         return None
     return Lease(record.id, RUN_PART, record.attempts)

@@ -30,7 +30,7 @@ from backdrop.service.jobs import (
     result_prefix,
 )
 from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, observe_stages
-from backdrop.service.queue import CHUNK_TASK, JOIN_TASK, PROCESS_TASK, VIDEO_TASK
+from backdrop.service.queue import CHUNK_TASK, JOIN_TASK, PROCESS_TASK, VIDEO_TASK, takeover_lane
 from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
 from backdrop.service.uploads import Uploads
 from backdrop.settings import Settings
@@ -135,7 +135,7 @@ class JobRunner:
         record = self._with_retries(lambda: self.jobs.get(lease.job_id))
         if record is None or record.status is not JobStatus.RUNNING:
             return False
-        queue = self.settings.queue_for(record.params.model)
+        queue = takeover_lane(self.settings.queue_for(record.params.model))
         if lease.part == RUN_PART:
             self._queue_task(VIDEO_TASK if record.is_video else PROCESS_TASK, [lease.job_id], queue)
         elif lease.part == JOIN_PART:

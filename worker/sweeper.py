@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from backdrop.service.jobs import JobStatus, JobStore
 from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, JOBS_REQUEUED
-from backdrop.service.queue import PROCESS_TASK, VIDEO_TASK
+from backdrop.service.queue import PROCESS_TASK, VIDEO_TASK, message_queues
 from backdrop.service.storage import Storage
 from backdrop.settings import Settings
 
@@ -47,7 +47,7 @@ def fail_lost_jobs(settings: Settings, jobs: JobStore, now: float) -> int:
             if not jobs.running_since_before(silent_since, job_id=job_id):
                 continue
             # Chunks waiting behind other work in a busy queue make no progress either, and are not lost.
-            if not jobs.without_message([job_id], settings.queues):
+            if not jobs.without_message([job_id], message_queues(settings)):
                 continue
             message = f"no part of the video made progress for {settings.visibility_timeout_s} s"
         if jobs.fail(record, "worker_lost", message):
@@ -67,7 +67,7 @@ def requeue_lost_messages(
     # A worker starts a job the moment its message arrives (prefetch 1): one still queued whose message
     # was delivered over a lease ago lost its worker in between (cut off, or gone), and counts as missing.
     waiting = jobs.queued_since_before(now - STALE_MARGIN_S)
-    without = jobs.without_message(waiting, settings.queues, delivered_since=now - settings.lease_s)
+    without = jobs.without_message(waiting, message_queues(settings), delivered_since=now - settings.lease_s)
     missing_since = jobs.missing_since(without, now)
     requeued = 0
     for job_id, since in missing_since.items():

@@ -14,6 +14,19 @@ CHUNK_TASK = "backdrop.render_chunk"  # renders one time range of a video
 JOIN_TASK = "backdrop.join_video"  # joins a video's chunks and stores the result
 SWEEP_TASK = "backdrop.sweep"
 BROKER_SOCKET_TIMEOUT_S = 5  # above kombu's BRPOP wait (1 s), which is a read on the same socket
+# A part taken over from an expired lease is queued in its queue's takeover lane, which every worker of
+# that queue consumes too: kombu's Redis transport takes turns between a worker's queues (the one it last
+# took from goes to the back), so a takeover is taken at the next message, not behind the whole queue.
+TAKEOVER_LANE_SUFFIX = ".takeover"
+
+
+def takeover_lane(queue: str) -> str:
+    return queue + TAKEOVER_LANE_SUFFIX
+
+
+def message_queues(settings: Settings) -> list[str]:
+    """Every queue a message of a job can wait in: the queues and their takeover lanes."""
+    return [*settings.queues, *(takeover_lane(queue) for queue in settings.queues)]
 
 
 def make_celery(settings: Settings) -> Celery:
