@@ -108,7 +108,7 @@ def check(svc: Services, submission: Submission) -> VideoInfo | None:
                 "this service sends no webhooks (BACKDROP_WEBHOOK_SECRETS is not set)",
                 code="invalid_callback_url",
             )
-        checked_callback_url(submission.callback_url, allow_private=settings.webhook_allow_private)
+        checked_callback_url(submission.callback_url, allowed_networks=settings.webhook_allowed_networks)
     queue = settings.queue_for(params.model)
     if settings.max_queue_depth and svc.jobs.queue_depth(queue) >= settings.max_queue_depth:
         raise ApiError(f"the queue holds {settings.max_queue_depth} or more jobs; try again later", code="queue_full")

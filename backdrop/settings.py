@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import os
 import shlex
 from collections.abc import Callable, Mapping
@@ -64,6 +65,23 @@ def _addresses(text: str) -> tuple[tuple[str, int], ...]:
         if not host or not port.isdigit():
             raise ValueError(f"{part!r} is not host:port")
         found.append((host, int(port)))
+    return tuple(found)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _networks(text: str) -> tuple[Network, ...]:
+    """``CIDR,CIDR`` (a bare address is one host). A network of every address (``0.0.0.0/0``, ``::/0``)
+    is refused: it would switch the callback check off, metadata services included."""
+    found = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        network = ipaddress.ip_network(part, strict=False)
+        if network.prefixlen == 0:
+            raise ValueError(f"{part} contains every address; list the networks your receivers are on")
+        found.append(network)
     return tuple(found)
 
 
@@ -168,9 +186,10 @@ class Settings:
     api_threads: int = 48
     max_waiting_requests: int = 32
     # Webhooks: the signing secrets (whsec_..., the first signs; during a rotation both do), whether
-    # callback URLs may resolve to loopback or private addresses, and how long deliveries are tried.
+    # the networks beyond the public internet that callback URLs may resolve to (loopback, private,
+    # link-local: only where listed), and how long deliveries are tried.
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
-    webhook_allow_private: bool = False
+    webhook_allowed_networks: tuple[Network, ...] = ()
     webhook_timeout_s: float = 10.0
     webhook_retry_for_s: int = 24 * 3600
     fault_injection: bool = False
@@ -200,6 +219,10 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
+        for variable, instead in REMOVED_VARIABLES.items():
+            if env.get(variable, "").strip():
+                # Silently ignored, it would change what a deployment allows without a word.
+                raise SettingsError(f"{variable} was removed: {instead}")
         values: dict[str, Any] = {"model_dir": _default_model_dir(env)}
         for name, (variable, parse) in ENV_VARIABLES.items():
             raw = env.get(variable)
@@ -318,7 +341,7 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
         "BACKDROP_WEBHOOK_SECRETS",
         lambda text: tuple(k.strip() for k in text.split(",") if k.strip()),
     ),
-    "webhook_allow_private": ("BACKDROP_WEBHOOK_ALLOW_PRIVATE", parse_bool),
+    "webhook_allowed_networks": ("BACKDROP_WEBHOOK_ALLOWED_NETWORKS", _networks),
     "webhook_timeout_s": ("BACKDROP_WEBHOOK_TIMEOUT_S", _positive_float),
     "webhook_retry_for_s": ("BACKDROP_WEBHOOK_RETRY_FOR_S", _positive_int),
     "fault_injection": ("BACKDROP_FAULT_INJECTION", parse_bool),
@@ -338,4 +361,12 @@ ENV_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "worker_metrics_port": ("BACKDROP_WORKER_METRICS_PORT", int),
     "metrics_dir": ("PROMETHEUS_MULTIPROC_DIR", Path),
     "workers": ("WORKERS", _positive_int),
+}
+
+# Variables Backdrop no longer reads, refused at start with what replaces them.
+REMOVED_VARIABLES = {
+    "BACKDROP_WEBHOOK_ALLOW_PRIVATE": (
+        "list the networks callback URLs may reach in BACKDROP_WEBHOOK_ALLOWED_NETWORKS (CIDRs, e.g. "
+        "10.0.0.0/8,127.0.0.0/8); loopback, private and link-local addresses are refused unless listed"
+    ),
 }

@@ -85,7 +85,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
     fault markers work (a slow job on purpose)."""
     import os
 
-    from backdrop.service.localstack import LocalStack, free_port
+    from backdrop.service.localstack import LOOPBACK_NETWORKS, LocalStack, free_port
 
     env = dict(os.environ)
     # One-second video chunks: a few seconds of clip spread over both worker processes. Photos over 256 KiB
@@ -97,7 +97,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
             "BACKDROP_INLINE_UPLOAD_MAX_BYTES": str(256 * 1024),
             "BACKDROP_VIDEO_CHUNK_SECONDS": "1",
             "BACKDROP_WEBHOOK_SECRETS": WEBHOOK_SECRET,
-            "BACKDROP_WEBHOOK_ALLOW_PRIVATE": "true",
+            "BACKDROP_WEBHOOK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
             "BACKDROP_FAULT_INJECTION": "true",
         }
     )

@@ -359,7 +359,10 @@ def test_a_failed_job_is_delivered_too_and_a_client_error_stops_retries(stack):
 
 
 def test_bad_callback_urls_are_refused_before_anything_is_stored(stack, astronaut_jpeg):
-    for url in ("ftp://example.com/x", "http://", "http://user:pw@127.0.0.1/x", "not a url"):
+    # The stack allows receivers on loopback (BACKDROP_WEBHOOK_ALLOWED_NETWORKS) and nothing else private:
+    # the cloud metadata service and a private network stay refused.
+    refused = ("http://169.254.169.254/latest/meta-data", "http://10.1.2.3/hook", "http://[fe80::1]/hook")
+    for url in ("ftp://example.com/x", "http://", "http://user:pw@127.0.0.1/x", "not a url", *refused):
         response = requests.post(
             f"{stack.api_url}/v1/jobs",
             files={"image": ("me.jpg", astronaut_jpeg)},

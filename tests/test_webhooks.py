@@ -65,13 +65,50 @@ def test_secrets_must_be_standard_webhooks_secrets():
 )
 def test_callbacks_to_internal_addresses_are_refused(url, reason):
     with pytest.raises(CallbackRefused, match=reason):
-        resolve_callback(url, allow_private=False)
+        resolve_callback(url)
 
 
 def test_a_public_address_is_called_at_the_address_checked_and_private_ones_when_allowed():
-    target = resolve_callback("https://93.184.216.34:8443/hooks/backdrop?token=1", allow_private=False)
+    target = resolve_callback("https://93.184.216.34:8443/hooks/backdrop?token=1")
     assert target == Target("https", "93.184.216.34", 8443, "/hooks/backdrop?token=1", "93.184.216.34")
-    assert resolve_callback("http://127.0.0.1:9000/x", allow_private=True).address == "127.0.0.1"
+    loopback = Settings.from_env({"BACKDROP_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8,::1"}).webhook_allowed_networks
+    assert resolve_callback("http://127.0.0.1:9000/x", allowed_networks=loopback).address == "127.0.0.1"
+    assert resolve_callback("http://[::1]:9000/x", allowed_networks=loopback).address == "::1"
+
+
+def test_allowed_networks_open_only_what_they_contain():
+    """A receiver on a deployment's private network is allowed by listing that network; the metadata
+    service, other private ranges and loopback stay refused unless a listed network contains them."""
+    allowed = Settings.from_env({"BACKDROP_WEBHOOK_ALLOWED_NETWORKS": " 10.20.0.0/16 , fd12:3456::/48"})
+    networks = allowed.webhook_allowed_networks
+    assert resolve_callback("http://10.20.3.4:8000/hook", allowed_networks=networks).address == "10.20.3.4"
+    assert resolve_callback("http://[fd12:3456::7]/hook", allowed_networks=networks).address == "fd12:3456::7"
+    assert resolve_callback("http://[::ffff:10.20.0.9]/hook", allowed_networks=networks).address == "::ffff:a14:9"
+    for url, reason in (
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[fd00:ec2::254]/latest/meta-data", "metadata"),
+        ("http://100.100.100.200/latest/meta-data", "metadata"),
+        ("http://10.21.0.1/hook", "private"),
+        ("http://127.0.0.1/hook", "loopback"),
+    ):
+        with pytest.raises(CallbackRefused, match=reason):
+            resolve_callback(url, allowed_networks=networks)
+    # Listed explicitly, a link-local receiver is the operator's choice.
+    link_local = Settings.from_env({"BACKDROP_WEBHOOK_ALLOWED_NETWORKS": "169.254.10.0/24"}).webhook_allowed_networks
+    assert resolve_callback("http://169.254.10.5/hook", allowed_networks=link_local).address == "169.254.10.5"
+    with pytest.raises(CallbackRefused, match="link-local"):
+        resolve_callback("http://169.254.169.254/", allowed_networks=link_local)
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0/0", "::/0", "10.0.0.0/8,0.0.0.0/0", "10.0.0.300/8", "not-a-network"])
+def test_allowed_networks_must_be_networks_and_not_everything(value):
+    with pytest.raises(SettingsError, match="BACKDROP_WEBHOOK_ALLOWED_NETWORKS"):
+        Settings.from_env({"BACKDROP_WEBHOOK_ALLOWED_NETWORKS": value})
+
+
+def test_the_removed_switch_is_refused_with_what_replaces_it():
+    with pytest.raises(SettingsError, match="BACKDROP_WEBHOOK_ALLOWED_NETWORKS"):
+        Settings.from_env({"BACKDROP_WEBHOOK_ALLOW_PRIVATE": "true"})
 
 
 def test_retries_back_off_exponentially_with_jitter_up_to_a_cap():
@@ -135,7 +172,11 @@ def deliverer_with(statuses: list[int | Exception], settings: Settings, clock: l
     return deliverer, jobs, sent
 
 
-SETTINGS = Settings(webhook_secrets=(WEBHOOK_SECRET,), webhook_allow_private=True, webhook_retry_for_s=60)
+SETTINGS = replace(
+    Settings.from_env({"BACKDROP_WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8"}),
+    webhook_secrets=(WEBHOOK_SECRET,),
+    webhook_retry_for_s=60,
+)
 
 
 def test_failed_attempts_are_retried_until_one_succeeds_and_then_never_again():

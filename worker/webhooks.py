@@ -131,7 +131,7 @@ class WebhookDeliverer:
     def _attempt(self, record: Any, state: dict[str, Any]) -> tuple[str, int | None, str | None]:
         """(outcome, HTTP status, error) of one POST."""
         try:
-            target = resolve_callback(record.callback_url, allow_private=self.settings.webhook_allow_private)
+            target = resolve_callback(record.callback_url, allowed_networks=self.settings.webhook_allowed_networks)
         except CallbackRefused as exc:
             return "failed", None, exc.message
         view = job_view(record, self.settings, self.storage, self.jobs)

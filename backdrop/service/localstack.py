@@ -26,6 +26,8 @@ from pathlib import Path
 from backdrop.settings import Settings
 
 HOST = "127.0.0.1"
+# Where webhook receivers may be when everything runs on one machine (BACKDROP_WEBHOOK_ALLOWED_NETWORKS).
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 
 
 class StackError(RuntimeError):
@@ -506,8 +508,8 @@ def main() -> int:
     base_env = dict(os.environ)
     # One inference thread per worker process by default: the processes share the cores.
     base_env.setdefault("BACKDROP_THREADS", str(max(1, (os.cpu_count() or 1) // settings.workers)))
-    # Webhooks on one machine: receivers on loopback are allowed, and a secret is made if none is given.
-    base_env.setdefault("BACKDROP_WEBHOOK_ALLOW_PRIVATE", "true")
+    # Webhooks on one machine: receivers on loopback (only) are allowed, and a secret is made if none is given.
+    base_env.setdefault("BACKDROP_WEBHOOK_ALLOWED_NETWORKS", LOOPBACK_NETWORKS)
     webhook_secret = base_env.setdefault(
         "BACKDROP_WEBHOOK_SECRETS", "whsec_" + base64.b64encode(os.urandom(24)).decode()
     )

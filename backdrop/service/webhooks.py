@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from backdrop.errors import BackdropError, ParameterError
-from backdrop.settings import decode_secret
+from backdrop.settings import Network, decode_secret
 
 MAX_URL_LENGTH = 2048
 # Addresses of cloud metadata services that are not link-local (those are refused as link-local anyway).
@@ -52,10 +52,15 @@ def signature(secrets: tuple[str, ...], message_id: str, timestamp: int, body: b
     )
 
 
-def _refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address may not be called (None: it may)."""
+def refused_address(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, allowed_networks: tuple[Network, ...] = ()
+) -> str | None:
+    """Why an address may not be called (None: it may). Public addresses may; any other (loopback,
+    private, link-local, a cloud metadata service) only where one of ``allowed_networks`` contains it."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if any(address.version == network.version and address in network for network in allowed_networks):
+        return None
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
     for reason, flag in (
@@ -73,9 +78,10 @@ def _refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
     return None
 
 
-def resolve_callback(url: str, *, allow_private: bool) -> Target:
+def resolve_callback(url: str, *, allowed_networks: tuple[Network, ...] = ()) -> Target:
     """Check a callback URL and resolve its host: http(s) only, no credentials in it, and every address
-    the host resolves to public (unless ``allow_private``: tests, and ``make run`` on one machine). The
+    the host resolves to public or in one of ``allowed_networks`` (BACKDROP_WEBHOOK_ALLOWED_NETWORKS:
+    receivers inside a deployment; ``make run`` lists loopback). The
     delivery connects to the address checked here, so a name that resolves elsewhere a moment later
     (DNS rebinding) changes nothing. Raises :class:`CallbackRefused`."""
     if len(url) > MAX_URL_LENGTH:
@@ -94,21 +100,22 @@ def resolve_callback(url: str, *, allow_private: bool) -> Target:
     except (socket.gaierror, UnicodeError) as exc:
         raise CallbackRefused(f"the callback_url's host {parts.hostname!r} does not resolve ({exc})") from None
     addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in found]
-    if not allow_private:
-        for address in addresses:
-            reason = _refused_address(address)
-            if reason is not None:
-                raise CallbackRefused(f"the callback_url's host resolves to {address}, {reason}")
+    for address in addresses:
+        reason = refused_address(address, allowed_networks)
+        if reason is not None:
+            raise CallbackRefused(
+                f"the callback_url's host resolves to {address}, {reason} not in BACKDROP_WEBHOOK_ALLOWED_NETWORKS"
+            )
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     return Target(parts.scheme, parts.hostname, port, path, str(addresses[0]))
 
 
-def checked_callback_url(url: str, *, allow_private: bool) -> str:
+def checked_callback_url(url: str, *, allowed_networks: tuple[Network, ...] = ()) -> str:
     """The URL, if :func:`resolve_callback` accepts it; as a job parameter's error otherwise."""
     try:
-        resolve_callback(url, allow_private=allow_private)
+        resolve_callback(url, allowed_networks=allowed_networks)
     except CallbackRefused as exc:
         raise ParameterError("callback_url", exc.message, code="invalid_callback_url") from None
     return url
