@@ -6,7 +6,7 @@
 
 Jobs mix effects, sizes and invalid requests, and some are cancelled right after submission. Clients
 honour 429/503 with Retry-After (backpressure). Afterwards every accepted job must be in exactly one
-terminal state, once, with exactly its linked result object (``backdrop.service.ledger``): the ledger
+terminal state, once, with exactly its linked result object (``harness.ledger``): the ledger
 prints accepted = succeeded + failed + cancelled, lost, stuck and duplicate terminal writes, with p50/p95
 latency and throughput.
 """
@@ -30,12 +30,15 @@ import cv2
 import requests
 from skimage import data as samples
 
-from backdrop.service.hosts import HostedService, TestHosts
 from backdrop.service.jobs import JobStatus, JobStore
-from backdrop.service.ledger import audit
 from backdrop.service.localstack import LocalStack, free_port
 from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
+
+# The harnesses (test hosts, the ledger) are a folder beside bench/, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from harness.hosts import HostedService, TestHosts
+from harness.ledger import audit
 
 EFFECTS = [
     {"effect": "blur"}, {"effect": "blur", "bokeh": "lens", "strength": "80"}, {"effect": "gray"},

@@ -51,7 +51,7 @@ from backdrop.params import JobParams
 from backdrop.pipeline import Pipeline
 from backdrop.pipeline.allocator import retain_freed_memory
 from backdrop.service.jobs import JobRecord, JobStatus, JobStore
-from backdrop.service.localstack import LocalStack, free_port
+from backdrop.service.localstack import LOOPBACK_NETWORKS, LocalStack, free_port
 from backdrop.service.queue import make_celery
 from backdrop.settings import Settings
 
@@ -398,7 +398,9 @@ def one_at_a_time(api_url: str, image: bytes, count: int) -> list[float]:
 def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
     """``--hosts``: the service on test hosts, the worker host pinned to one core and ``store``, ``api`` and
     ``client`` (this process) on the other(s), against the bare pipeline pinned to the worker's core."""
-    from backdrop.service.hosts import HostedService, TestHosts, unavailable
+    # The harnesses are a folder beside bench/, not part of the installed package.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from harness.hosts import HostedService, TestHosts, unavailable
 
     reason = unavailable()
     cores = sorted(os.sched_getaffinity(0))
@@ -611,7 +613,8 @@ def main() -> int:
     if args.hosts:
         return across_hosts(args, {label: jpeg(*size) for label, size in SIZES.items()})
     if args.compat:
-        env = {**os.environ, "BACKDROP_WORKER_METRICS_PORT": "0", "BACKDROP_WEBHOOK_ALLOW_PRIVATE": "true",
+        env = {**os.environ, "BACKDROP_WORKER_METRICS_PORT": "0",
+               "BACKDROP_WEBHOOK_ALLOWED_NETWORKS": LOOPBACK_NETWORKS,
                "BACKDROP_WEBHOOK_SECRETS": "whsec_" + "YmVuY2gtd2ViaG9vay1zZWNyZXQtMTIz"}  # fmt: skip
         with tempfile.TemporaryDirectory(prefix="backdrop-compat-") as root:
             stack = LocalStack(root=Path(root), api_port=free_port(), workers=2)

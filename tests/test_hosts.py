@@ -1,4 +1,4 @@
-"""Across hosts: the service's parts on hosts of their own (``backdrop.service.hosts``), networks cut and
+"""Across hosts: the service's parts on hosts of their own (``harness.hosts``), networks cut and
 healed, hosts killed or gone. Each test ends with the ledger: every accepted job ended once, lost 0,
 duplicate terminal writes 0, and every result object is the one its job links to.
 
@@ -17,9 +17,9 @@ import av
 import pytest
 import requests
 
-from backdrop.service.hosts import BACK, HostedService, TestHosts, unavailable
 from backdrop.service.jobs import ATTEMPTS_SUFFIX, KEY_PREFIX, JobRecord, JobStatus
-from backdrop.service.ledger import audit
+from harness.hosts import BACK, HostedService, TestHosts, unavailable
+from harness.ledger import audit
 from tests import videos
 from tests.test_faults import with_fault
 from tests.waiting import wait_for
