@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # default ~/.cache/backdrop/models); a verified mirror beside the checkout, if present, saves a download.
 export BACKDROP_MODEL_MIRRORS ?= $(abspath $(CURDIR)/../shared/models)
 
-.PHONY: install models run test lint bench soak clean
+.PHONY: install models run test lint bench soak images clean
 
 install: $(VENV)/.installed models
 
@@ -24,6 +24,12 @@ models: $(VENV)/.installed
 # The whole service on this machine: Redis and S3 servers from PyPI, workers, the API (PORT, WORKERS).
 run: install
 	$(BIN)/python -m backdrop.service.localstack
+
+# Backdrop's images (backdrop-api, -worker, -live) with podman or docker, models baked in from the verified
+# cache. Where no registry answers, local stand-ins of the upstream images are built first (harness/).
+# CA_BUNDLE=/path/ca.crt mounts a CA bundle into the builds (podman; for TLS-intercepting networks).
+images: install
+	$(BIN)/python -m harness.containers images $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check .
