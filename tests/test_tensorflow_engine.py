@@ -24,11 +24,13 @@ from backdrop.pipeline.segment import model_input
 from tests.conftest import encode_rgb
 
 VARIANTS = [(spec, variant) for spec in MODELS.values() for variant in spec.variants]
-# LiteRT runs these models through XNNPACK, whose float32 kernels round differently; the differences add
-# up over the layers. On the landscape selfie model LiteRT itself lies up to 2.1e-4 from the exact
-# (float64) result on these photos, while this engine stays within 1e-4 of it (test below): that
-# variant's bound against LiteRT is therefore looser.
-TOLERANCE = {"general": 1e-4, "257": 1e-4, "landscape": 2.5e-4}
+# LiteRT runs these models through XNNPACK, whose float32 kernels round differently (and differently on
+# each processor: its AVX2 and AVX-512 paths); the differences add up over the layers. On the landscape
+# selfie model LiteRT itself lies up to 2.1e-4 from the exact (float64) result on these photos, and on
+# an AMD EPYC the general one 1.2e-4 from this engine, while this engine stays within 1e-4 of the exact
+# result on both (test below): the bounds against LiteRT are therefore looser for the selfie models.
+# A mix-up between the photos of a batch would differ by tenths, not ten-thousandths.
+TOLERANCE = {"general": 2.5e-4, "257": 1e-4, "landscape": 2.5e-4}
 
 
 @pytest.mark.parametrize(("spec", "variant"), VARIANTS, ids=[f"{s.name}-{v.name}" for s, v in VARIANTS])
@@ -43,7 +45,10 @@ def test_same_outputs_as_litert(settings, astronaut, chelsea, coffee, spec, vari
     together = tensorflow.run(batch)
     assert together.shape[0] == 3
     for index, x in enumerate(inputs):
-        assert np.abs(together[index] - tensorflow.run(x)[0]).max() < 1e-5
+        # A batch's kernels block their sums differently from one photo's: float32 rounding, relative to
+        # the outputs' size (DeepLab's logits reach 30 and more; 1.9e-5 apart on an AMD EPYC).
+        alone = tensorflow.run(x)[0]
+        assert np.abs(together[index] - alone).max() < 1e-4 * max(1.0, float(np.abs(alone).max()))
 
 
 @pytest.mark.parametrize(("spec", "variant"), VARIANTS, ids=[f"{s.name}-{v.name}" for s, v in VARIANTS])
