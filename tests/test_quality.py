@@ -66,6 +66,29 @@ def test_reference_masks_regression_guard(evaluation, pipeline, one_pass):
     assert ours > mean_iou(one_pass, evaluation / "person-masks", GUARD_PHOTOS) + 0.03
 
 
+@pytest.mark.parametrize(
+    ("photo", "floor"),
+    [
+        ("2", 0.75),  # a silhouette, arms raised, dark against an evening sky
+        ("181", 0.7),  # a man doing a push-up, rotated on a sloping floor
+    ],
+)
+def test_a_person_only_the_person_models_see_is_found(evaluation, pipeline, photo, floor):
+    """DeepLab sees nobody in these (the whole photo was blurred until 2026-12-07); the pose detector finds
+    the person and the selfie model's probability covers them: found, and their mask kept."""
+    scene, reference = load_pair(evaluation / "person-masks", photo)
+    frame = pipeline.process_frame(scene, MASK)
+    assert frame.found
+    assert score_matte(frame.rendered, reference).iou > floor
+
+
+def test_a_boulder_one_view_saw_as_a_person_is_dropped(evaluation, pipeline):
+    """A couple sitting on a boulder at night: the zoomed-out view alone saw the boulder as person, and the
+    union of views kept it (IoU 0.34 until 2026-12-07)."""
+    scene, reference = load_pair(evaluation / "person-masks", "276")
+    assert score_matte(pipeline.process_frame(scene, MASK).rendered, reference).iou > 0.7
+
+
 def load_pair(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
     photo = cv2.imread(str(folder / "images" / f"{name}.jpg"))
     return photo, cv2.imread(str(folder / "masks" / f"{name}.png"), cv2.IMREAD_GRAYSCALE)
@@ -99,7 +122,7 @@ def test_a_person_behind_the_subject_falls_into_the_background(evaluation, pipel
     everyone = pipeline.process_frame(scene, JobParams.parse({"effect": "mask", "subjects": "all"}))
     assert score_matte(main.rendered, subject[1]).iou > 0.93
     assert score_matte(everyone.rendered, subject[1]).iou < 0.9
-    assert main.subject.subjects.count(True) == 1 and len(main.subject.subjects) == 2
+    assert main.subject.subjects.count(True) == 1
 
 
 @pytest.mark.parametrize("photo", ["8", "18", "75", "88", "225"])

@@ -104,9 +104,10 @@ def test_the_views_come_back_aligned_with_the_photo():
     assert np.abs(merged - own).mean() < 0.01
 
 
-def test_the_views_keep_what_any_of_them_saw():
+def test_the_views_keep_what_two_of_them_saw_and_not_what_one_alone_saw():
     photo = np.zeros((300, 400, 3), np.uint8)
     photo[100:200, 20:120] = 255  # the left of the photo: only the mirror image sees it
+    photo[100:200, 240:300] = 255  # right of the middle: the photo and its zoomed-out view see it
 
     def sees_the_right_half_only(view: np.ndarray) -> np.ndarray:
         probability = stretching_model(view)
@@ -114,9 +115,10 @@ def test_the_views_keep_what_any_of_them_saw():
         return probability
 
     merged = probability_over_views(each(sees_the_right_half_only), photo)
-    assert sees_the_right_half_only(photo).max() == 0
-    assert merged[16:32, 5:15].min() > 0.9  # the square, at the own pass's 64x48 grid
-    assert merged[:, 32:].max() < 0.1
+    own = sees_the_right_half_only(photo)
+    assert own[16:32, 5:15].max() == 0
+    assert merged[16:32, 5:15].max() < 0.5  # one view alone: not kept (at the own pass's 64x48 grid)
+    assert merged[18:30, 40:46].min() > 0.9  # two views: kept, as sure as the surer of them
 
 
 def test_held_objects_by_the_person_models_foreground():

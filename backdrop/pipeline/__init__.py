@@ -54,6 +54,7 @@ from backdrop.pipeline.people import (
     pose_input,
     read_detections,
     read_pose,
+    regions_with_people,
     separate_people,
     unconfirmed_regions,
 )
@@ -486,6 +487,9 @@ class Pipeline:
                 chosen = zip(people, choice.subjects, strict=True)
                 tracked = [replace(person, segmentation=None, was_subject=subject) for person, subject in chosen]
                 history.remember(_tracked_key(preview), tracked)
+            if people:  # what the person models found counts as a person, as DeepLab's mask does
+                seen = regions_with_people(probability >= 0.5, people, to_work)
+                class_masks = {**class_masks, "person": class_masks.get("person", False) | seen}
         if params.subjects is Subjects.MAIN and "person" not in targets:
             chosen = choose_regions(probability >= 0.5, params.subjects)
             probability = np.where(chosen | (probability < 0.5), probability, 0.0).astype(np.float32)

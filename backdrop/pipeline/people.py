@@ -509,6 +509,20 @@ def bodies_of(people: list[Person]) -> np.ndarray | bool:
     return np.logical_or.reduce(bodies) if bodies else False
 
 
+def regions_with_people(mask: np.ndarray, people: list[Person], scale: float) -> np.ndarray:
+    """The connected regions of ``mask`` (work resolution) that hold one of ``people``'s seeds: where the
+    person models (a face, a pose) found someone that the subject probability agrees is there. It makes
+    a person found when the whole-photo class model (DeepLab) does not see them: a silhouette against
+    the sky, someone lying or upside down. ``scale``: work pixels per pixel of the people's coordinates."""
+    height, width = mask.shape
+    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    held = np.zeros(count, dtype=bool)
+    for person in people:
+        held[np.unique(labels[seed_of(person, width, height, scale)])] = True
+    held[0] = False
+    return held[labels]
+
+
 def separate_people(probability: np.ndarray, people: list[Person], scale: float, margin: float) -> np.ndarray:
     """``probability`` (work resolution) with the background between people taken out: where two people's
     full-body segmentations both say background, farther than ``margin`` work pixels from either body,

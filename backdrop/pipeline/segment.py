@@ -114,14 +114,17 @@ def segment_many(
 def probability_over_views(
     probabilities_of: Callable[[list[np.ndarray]], list[np.ndarray]], image: np.ndarray
 ) -> np.ndarray:
-    """P(target) for ``image`` as the per-pixel maximum over three views of it: the photo, its mirror image
-    and the photo zoomed out inside a replicated border. ``probabilities_of(views)`` runs a one-class
-    model on the views (together, where it can); the result has the size of the photo's own pass.
+    """P(target) for ``image`` fused over three views of it: the photo, its mirror image and the photo
+    zoomed out inside a replicated border. Where at least two views see the target (0.5 and up), the
+    most confident of them; elsewhere their mean. ``probabilities_of(views)`` runs a one-class model on
+    the views (together, where it can); the result has the size of the photo's own pass.
 
     Why: the selfie model was trained on close, centred selfies. It loses limbs, a book on a lap or whole
     legs that reach the frame's edge or lie far from its centre, and a mirrored or zoomed-out view often
-    sees them. The maximum keeps what any view saw; what that adds away from a subject is removed by
-    the cleaning and the matte's trimap like any other faint guess."""
+    sees them; just as often one view alone sees a person in a wall, a boulder or the grass. A vote keeps
+    what two views saw and not what one view alone hallucinates. (The maximum, kept until 2026-12, was
+    chosen on 44 photos and kept a wall behind a portrait as person: see docs/models.md for the numbers
+    on 145.)"""
     height, width = image.shape[:2]
     border = max(1, round(VIEW_BORDER_SHARE * max(height, width)))
     own, mirrored, zoomed = probabilities_of(
@@ -147,4 +150,6 @@ def probability_over_views(
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
-    return np.maximum(own, np.maximum(mirrored, zoomed))
+    views = np.stack([own, mirrored, zoomed])
+    agreed = np.count_nonzero(views >= 0.5, axis=0) >= 2
+    return np.where(agreed, views.max(axis=0), views.mean(axis=0)).astype(np.float32)
