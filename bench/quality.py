@@ -2,11 +2,13 @@
 baseline, in one run; and masks of clips (fast motion, small figures).
 
 Scores follow ../shared/eval/person-masks/README.md exactly (backdrop.evaluation): mean and 10th
-percentile IoU, boundary F, MAE. The photos are split into two halves, A and B (every other photo by
-number), printed apart: tune on one, check on the other. Printed: a per-photo table; the default (all
-views fused, subjects=main) against the selfie view alone (BACKDROP_FULL_BODY=false), the full-body view
-alone (on the photos where it ran, with the others on the same photos), subjects=all, and the one-pass
-baseline. Written to --out: the worst five (photo | reference | ours | baseline), the photos where the
+percentile IoU, boundary F, MAE, and how many photos score below IoU 0.5. The photos are split into two
+halves, A and B (every other photo by number), printed apart: tune on one, check on the other; and into
+the set's first 44 and the photos added to them. Printed: a per-photo table; the default (views voting,
+subjects=main) against the selfie view alone (BACKDROP_FULL_BODY=false), the full-body view alone (on the
+photos where it ran, with the others on the same photos), subjects=all, the photo's own view only
+(BACKDROP_SEGMENT_VIEWS=false) and the one-pass baseline. Written to --out: the worst 20 (photo |
+reference | default | own view only | baseline, ten a sheet), the photos where the
 subject choice changed the mask (photo | subjects=all | main | reference), frames of the shared clips
 (frame | matte | blur), and with --clips a strip of small figures at 432x240 (scene | matte).
 
@@ -42,6 +44,10 @@ from backdrop.video.temporal import TemporalState
 
 ROOT = Path(__file__).resolve().parent.parent
 SHEET_HEIGHT = 200
+# The set's first 44 photos (the others were added on 2026-12-07): ../shared/eval/person-masks/README.md.
+FIRST_44 = {"1", *(str(n) for n in range(4, 53, 2)), "56", "58", "60", "63", "70", "75", "81", "88", "96", "102",
+            "104", "109", "155", "225", "261", "264", "270", "287"}  # fmt: skip
+WORST = 20
 SMALL_SCENE = (432, 240)  # four people in 2x2 tiles of 216x120
 CLIP_FRAMES = 120
 
@@ -88,13 +94,23 @@ def summary(scored: list[Scored]) -> str:
     return (
         f"mIoU {statistics.fmean(iou):.3f}  p10 IoU {np.percentile(iou, 10):.3f}  "
         f"boundary F {statistics.fmean(s.score.boundary_f for s in scored):.3f}  "
-        f"MAE {statistics.fmean(s.score.mae for s in scored):.4f}  "
+        f"MAE {statistics.fmean(s.score.mae for s in scored):.4f}  below 0.5: {sum(i < 0.5 for i in iou)}  "
         f"({len(scored)} photos, {statistics.median(s.milliseconds for s in scored):.1f} ms median)"
     )
 
 
+def parts(scored: list[Scored]) -> list[tuple[str, list[Scored]]]:
+    """The halves (tune on A, check on B), the first 44 and the photos added to them."""
+    return [
+        ("half A", half(scored, 0)),
+        ("half B", half(scored, 1)),
+        ("first 44", [s for s in scored if s.name in FIRST_44]),
+        ("added", [s for s in scored if s.name not in FIRST_44]),
+    ]
+
+
 def half(scored: list[Scored], parity: int) -> list[Scored]:
-    """Every other photo, in the order of their numbers: two halves of 22, one to tune on, one to check."""
+    """Every other photo, in the order of their numbers: two halves, one to tune on, one to check."""
     return [s for i, s in enumerate(sorted(scored, key=lambda s: int(s.name))) if i % 2 == parity]
 
 
@@ -289,6 +305,7 @@ def main() -> None:
     default = score_set(pipeline, pairs, params)
     selfie = score_set(Pipeline(replace(settings, full_body=False)), pairs, params)
     everyone = score_set(pipeline, pairs, replace(params, subjects=Subjects.ALL))
+    views_off = score_set(Pipeline(replace(settings, segment_views=False)), pairs, params)
     baseline = score_set(
         Pipeline(replace(settings, closer_look=False, segment_views=False, full_body=False)), pairs, params
     )
@@ -313,25 +330,31 @@ def main() -> None:
         ("default (fused)", default),
         ("selfie view", selfie),
         ("subjects=all", everyone),
+        ("own view only (no views)", views_off),
         ("one-pass baseline", baseline),
     )
     for label, scored in rows_of:
         print(f"{label:>26}: {summary(scored)}")
-        for parity, name in ((0, "half A"), (1, "half B")):
-            if half(scored, parity):
-                print(f"{name:>26}: {summary(half(scored, parity))}")
+        for name, part in parts(scored):
+            if part:
+                print(f"{name:>26}: {summary(part)}")
     if bodies:
         print(f"\non the {len(bodies)} photos where the landmark model ran:")
         for label, column in (("full-body view alone", 0), ("default (fused)", 1), ("selfie view", 2)):
             print(f"{label:>26}: {summary([b[column] for b in bodies])}")
 
-    worst = sorted(zip(default, baseline, pairs, strict=True), key=lambda t: t[0].score.iou)[:5]
+    worst = sorted(zip(default, views_off, baseline, pairs, strict=True), key=lambda t: t[0].score.iou)[:WORST]
     rows = [
-        row(photo, gray(reference), gray(ours.matte), gray(base.matte)) for ours, base, (_, photo, reference) in worst
+        row(photo, gray(reference), gray(ours.matte), gray(own.matte), gray(base.matte))
+        for ours, own, base, (_, photo, reference) in worst
     ]
-    cv2.imwrite(str(args.out / "worst.png"), sheet(rows))
-    names = ", ".join(w[0].name for w in worst)
-    print(f"\nworst five (photo | reference | ours | one-pass): {args.out / 'worst.png'}  ({names})")
+    for index in range(0, len(rows), 10):  # ten rows a sheet, for eyes
+        cv2.imwrite(str(args.out / f"worst-{index // 10 + 1}.png"), sheet(rows[index : index + 10]))
+    names = ", ".join(f"{w[0].name} ({w[0].score.iou:.2f})" for w in worst)
+    print(
+        f"\nworst {len(worst)} (photo | reference | default | the photo's own view only | one-pass): "
+        f"{args.out}/worst-*.png  ({names})"
+    )
     changed = [
         (ours, every, pair)
         for ours, every, pair in zip(default, everyone, pairs, strict=True)
