@@ -225,6 +225,8 @@ class ComposeProject:
     env: Mapping[str, str] = field(default_factory=dict)
     _ticker: threading.Thread | None = None
     _ticking: threading.Event = field(default_factory=threading.Event)
+    # Containers stopped on purpose (by the caller): their restart policy leaves them stopped.
+    _stopped: set[str] = field(default_factory=set)
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         command = [*compose_command(self.engine), "--project-name", self.name, "--env-file", str(self.env_file)]
@@ -259,18 +261,37 @@ class ComposeProject:
             states[name] = (state.get("Health") or state.get("Healthcheck") or {}).get("Status") or "none"
         return states
 
+    def stop(self, *names: str, timeout_s: int = 120) -> None:
+        """Stop containers on purpose: their restart policy (``unless-stopped``) leaves them stopped."""
+        self._stopped.update(names)
+        self.engine.run("stop", "--time", str(timeout_s), *names, timeout=timeout_s + 60)
+
+    def _restart_exited(self) -> None:
+        """What ``restart: unless-stopped`` does under docker: a container that exited with an error, and was
+        not stopped on purpose, is started again."""
+        for container in self.containers(running_only=False):
+            name = container["Names"][0] if isinstance(container["Names"], list) else container["Names"]
+            if container.get("State") != "exited" or name in self._stopped or not container.get("ExitCode"):
+                continue
+            policy = json.loads(self.engine.text("inspect", name))[0]["HostConfig"]["RestartPolicy"]["Name"]
+            if policy in ("always", "unless-stopped", "on-failure"):
+                self.engine.run("start", name, check=False, timeout=60)
+
     def _tick_health_checks(self, interval_s: float) -> None:
-        # podman runs health checks from systemd timers; without systemd nothing runs them, and
-        # `depends_on: service_healthy` would wait for ever. One pass over the project's checks per tick.
+        # podman runs health checks from systemd timers and restart policies from its cleanup process;
+        # without systemd neither runs (seen with podman 4.3: a crashed worker stayed exited), and
+        # `depends_on: service_healthy` would wait for ever. One pass over the project per tick.
         while not self._ticking.wait(interval_s):
             with suppress(Exception):
                 for name, status in self.health().items():
                     if status != "none":
                         self.engine.run("healthcheck", "run", name, check=False, timeout=30)
+                self._restart_exited()
 
     @contextmanager
     def health_checks_ticked(self, interval_s: float = 2.0) -> Iterator[None]:
-        """Run the health checks by hand while inside (podman without systemd); docker runs its own."""
+        """Run the health checks and the restart policies by hand while inside (podman without systemd);
+        docker runs its own."""
         if self.engine.name != "podman":
             yield
             return
@@ -307,10 +328,11 @@ class ComposeProject:
         return (result.stdout + result.stderr).decode(errors="replace")
 
     def down(self, *, volumes: bool = False, timeout: float = 300) -> None:
+        self._stopped.clear()  # the containers of a later `up` are new ones
         self.compose("down", *(["--volumes"] if volumes else []), timeout=timeout, check=False)
         if volumes:  # whatever compose left behind (a run killed half-way)
-            for container in self.containers(running_only=False):
-                self.engine.run("rm", "-f", container["Id"], check=False)
+            for container in self.containers(running_only=False):  # with those that depend on it
+                self.engine.run("rm", "--force", "--depend", container["Id"], check=False)
             for volume in json.loads(self.engine.text("volume", "ls", "--format", "json") or "[]"):
                 if volume["Name"].startswith(self.name + "_"):
                     self.engine.run("volume", "rm", "-f", volume["Name"], check=False)
