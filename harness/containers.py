@@ -84,6 +84,10 @@ class Engine:
     def image(self, reference: str) -> dict:
         return json.loads(self.text("image", "inspect", reference))[0]
 
+    def container(self, name: str) -> dict:
+        """A container's ``inspect`` record."""
+        return json.loads(self.text("inspect", name))[0]
+
     def image_size(self, reference: str) -> int:
         return int(self.image(reference)["Size"])
 
@@ -214,6 +218,12 @@ def compose_command(engine: Engine) -> list[str]:
     raise ContainersUnavailable("docker has no compose plugin here")
 
 
+def _name(container: dict) -> str:
+    """A container's name from ``ps --format json`` (podman lists its names, docker gives one)."""
+    names = container["Names"]
+    return names[0] if isinstance(names, list) else names
+
+
 @dataclass
 class ComposeProject:
     """One compose project (its own name, so its containers, networks and volumes are its own)."""
@@ -223,7 +233,6 @@ class ComposeProject:
     files: Sequence[Path]
     env_file: Path
     env: Mapping[str, str] = field(default_factory=dict)
-    _ticker: threading.Thread | None = None
     _ticking: threading.Event = field(default_factory=threading.Event)
     # Containers stopped on purpose (by the caller): their restart policy leaves them stopped.
     _stopped: set[str] = field(default_factory=set)
@@ -247,17 +256,16 @@ class ComposeProject:
             args.append("--all")
         if service:
             args += ["--filter", f"label=com.docker.compose.service={service}"]
-        found = json.loads(self.engine.text(*args) or "[]")
-        return sorted(found, key=lambda c: c["Names"][0] if isinstance(c["Names"], list) else c["Names"])
+        return sorted(json.loads(self.engine.text(*args) or "[]"), key=_name)
 
     def container_names(self, service: str | None = None) -> list[str]:
-        return [c["Names"][0] if isinstance(c["Names"], list) else c["Names"] for c in self.containers(service)]
+        return [_name(c) for c in self.containers(service)]
 
     def health(self) -> dict[str, str]:
         """Each running container's health (``healthy``, ``starting``, ``unhealthy``; ``none`` without a check)."""
         states = {}
         for name in self.container_names():
-            state = json.loads(self.engine.text("inspect", name))[0]["State"]
+            state = self.engine.container(name)["State"]
             states[name] = (state.get("Health") or state.get("Healthcheck") or {}).get("Status") or "none"
         return states
 
@@ -270,10 +278,10 @@ class ComposeProject:
         """What ``restart: unless-stopped`` does under docker: a container that exited with an error, and was
         not stopped on purpose, is started again."""
         for container in self.containers(running_only=False):
-            name = container["Names"][0] if isinstance(container["Names"], list) else container["Names"]
+            name = _name(container)
             if container.get("State") != "exited" or name in self._stopped or not container.get("ExitCode"):
                 continue
-            policy = json.loads(self.engine.text("inspect", name))[0]["HostConfig"]["RestartPolicy"]["Name"]
+            policy = self.engine.container(name)["HostConfig"]["RestartPolicy"]["Name"]
             if policy in ("always", "unless-stopped", "on-failure"):
                 self.engine.run("start", name, check=False, timeout=60)
 

@@ -134,17 +134,19 @@ class Service:
             lambda: (job := self.job(job_id))["status"] in TERMINAL and job, timeout_s, f"job {job_id}", poll_s=0.25
         )
 
+    def valkey_cli(self, *args: str) -> str:
+        """What ``valkey-cli`` answers inside the project's Redis container."""
+        redis = self.project.container_names("redis")[0]
+        return self.project.engine.text("exec", redis, "valkey-cli", *args)
+
     def record_field(self, job_id: str, name: str) -> str:
         """A field of the job's record in Redis that the API does not show (which worker, which attempt)."""
-        redis = self.project.container_names("redis")[0]
-        answer = self.project.engine.text("exec", redis, "valkey-cli", "HGET", f"{KEY_PREFIX}{job_id}", name)
+        answer = self.valkey_cli("HGET", f"{KEY_PREFIX}{job_id}", name)
         return str(json.loads(answer)) if answer.strip() else ""
 
     def part_attempts(self, job_id: str) -> dict[str, int]:
         """A video's attempts per part (its plan, each chunk, its join): a part taken over counts 2."""
-        redis = self.project.container_names("redis")[0]
-        key = f"{KEY_PREFIX}{job_id}{ATTEMPTS_SUFFIX}"
-        words = self.project.engine.text("exec", redis, "valkey-cli", "--raw", "HGETALL", key).split()
+        words = self.valkey_cli("--raw", "HGETALL", f"{KEY_PREFIX}{job_id}{ATTEMPTS_SUFFIX}").split()
         return {part: int(count) for part, count in zip(words[::2], words[1::2], strict=True)}
 
 
@@ -375,8 +377,7 @@ def test_down_and_up_keep_queued_and_finished_jobs(compose: Service, photo):
     again = compose.job(finished["id"])
     assert again["status"] == "succeeded" and fetched_result(compose, again) == before
     worker = project.container_names("worker")[0]
-    state = json.loads(project.engine.text("inspect", worker))[0]["State"]
-    started_at = state["StartedAt"]
+    started_at = project.engine.container(worker)["State"]["StartedAt"]
     record_figures(worker_started_at=started_at, queued_job_finished_at=job["finished_at"])
     record_figures(memory_mb_at_rest=memory_mb(project.engine, project))
 
