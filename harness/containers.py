@@ -275,14 +275,15 @@ class ComposeProject:
         self.engine.run("stop", "--time", str(timeout_s), *names, timeout=timeout_s + 60)
 
     def _restart_exited(self) -> None:
-        """What ``restart: unless-stopped`` does under docker: a container that exited with an error, and was
-        not stopped on purpose, is started again."""
+        """What restart policies do under docker: a container that exited, and was not stopped on purpose, is
+        started again (``always``, ``unless-stopped``: whatever its exit code; ``on-failure``: after an error).
+        A Celery worker whose broker vanished may exit 0."""
         for container in self.containers(running_only=False):
             name = _name(container)
-            if container.get("State") != "exited" or name in self._stopped or not container.get("ExitCode"):
+            if container.get("State") != "exited" or name in self._stopped:
                 continue
             policy = self.engine.container(name)["HostConfig"]["RestartPolicy"]["Name"]
-            if policy in ("always", "unless-stopped", "on-failure"):
+            if policy in ("always", "unless-stopped") or (policy == "on-failure" and container.get("ExitCode")):
                 self.engine.run("start", name, check=False, timeout=60)
 
     def _tick_health_checks(self, interval_s: float) -> None:
