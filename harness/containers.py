@@ -236,6 +236,9 @@ class ComposeProject:
     _ticking: threading.Event = field(default_factory=threading.Event)
     # Containers stopped on purpose (by the caller): their restart policy leaves them stopped.
     _stopped: set[str] = field(default_factory=set)
+    # Held by a pass of the restart policies; `down` takes it to stop them (what it stops is stopped on purpose).
+    _restarting: threading.Lock = field(default_factory=threading.Lock)
+    _going_down: bool = False
 
     def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
         command = [*compose_command(self.engine), "--project-name", self.name, "--env-file", str(self.env_file)]
@@ -278,13 +281,14 @@ class ComposeProject:
         """What restart policies do under docker: a container that exited, and was not stopped on purpose, is
         started again (``always``, ``unless-stopped``: whatever its exit code; ``on-failure``: after an error).
         A Celery worker whose broker vanished may exit 0."""
-        for container in self.containers(running_only=False):
-            name = _name(container)
-            if container.get("State") != "exited" or name in self._stopped:
-                continue
-            policy = self.engine.container(name)["HostConfig"]["RestartPolicy"]["Name"]
-            if policy in ("always", "unless-stopped") or (policy == "on-failure" and container.get("ExitCode")):
-                self.engine.run("start", name, check=False, timeout=60)
+        with self._restarting:
+            for container in [] if self._going_down else self.containers(running_only=False):
+                name = _name(container)
+                if container.get("State") != "exited" or name in self._stopped:
+                    continue
+                policy = self.engine.container(name)["HostConfig"]["RestartPolicy"]["Name"]
+                if policy in ("always", "unless-stopped") or (policy == "on-failure" and container.get("ExitCode")):
+                    self.engine.run("start", name, check=False, timeout=60)
 
     def _tick_health_checks(self, interval_s: float) -> None:
         # podman runs health checks from systemd timers and restart policies from its cleanup process;
@@ -337,8 +341,13 @@ class ComposeProject:
         return (result.stdout + result.stderr).decode(errors="replace")
 
     def down(self, *, volumes: bool = False, timeout: float = 300) -> None:
-        self._stopped.clear()  # the containers of a later `up` are new ones
-        self.compose("down", *(["--volumes"] if volumes else []), timeout=timeout, check=False)
+        with self._restarting:  # a pass in progress ends first; none starts what `down` stops
+            self._going_down = True
+        try:
+            self.compose("down", *(["--volumes"] if volumes else []), timeout=timeout, check=False)
+        finally:
+            self._stopped.clear()  # the containers of a later `up` are new ones
+            self._going_down = False
         if volumes:  # whatever compose left behind (a run killed half-way)
             for container in self.containers(running_only=False):  # with those that depend on it
                 self.engine.run("rm", "--force", "--depend", container["Id"], check=False)
