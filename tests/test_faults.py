@@ -316,6 +316,35 @@ def test_time_limit_in_a_threads_pool(stack, settings, store, astronaut_jpeg):
         threads.stop()
 
 
+def test_hard_time_limit_in_a_threads_pool_ends_the_process(stack, settings, store, astronaut_jpeg):
+    """A thread stuck past the hard limit cannot be stopped: the watchdog records the job as timed out and
+    ends the node's process (its restart policy starts it again; here the test does)."""
+    threads = start_workers(
+        stack.env,
+        concurrency=2,
+        queues=settings.queue,
+        log_path=stack.root / "log" / "threads-stuck.log",
+        name="threads-stuck",
+        pool="threads",
+    )
+    try:
+        wait_for(lambda: "ready" in threads.log_text(), 90, "the threads-pool worker")
+        with paused(settings):  # only the threads node takes jobs now
+            job_id = accepted(stack, with_fault(astronaut_jpeg, "stuck", 60))
+            assert pid_of(running(store, job_id)) == threads.process.pid
+            record = finished(store, job_id, timeout_s=30)
+            assert record.status is JobStatus.FAILED and record.error["code"] == "timeout", record.error
+            assert "9 s hard limit" in record.error["message"]
+            # Counted from the task's start, which is before the record's (a threads node loads its models then).
+            assert 7 <= record.finished_at - record.started_at < 13
+            wait_for(lambda: not threads.alive(), 10, "the stuck node's process to end")
+            assert threads.process.returncode == -signal.SIGKILL
+            time.sleep(2)
+            assert store.get(job_id).status is JobStatus.FAILED  # recorded once, not redelivered as a new run
+    finally:
+        threads.stop()
+
+
 def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(stack, store, astronaut_jpeg):
     job_id = accepted(stack, with_fault(astronaut_jpeg, "stuck", 60))
     pid = pid_of(running(store, job_id))

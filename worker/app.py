@@ -32,7 +32,7 @@ from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import get_model
 from backdrop.pipeline import Pipeline
 from backdrop.pipeline.allocator import retain_freed_memory
-from backdrop.service.jobs import JobStore
+from backdrop.service.jobs import JobStore, Lease
 from backdrop.service.observability import (
     BATCH_SIZE,
     JOB_FAILURES,
@@ -60,6 +60,7 @@ from backdrop.settings import Settings
 from worker.leases import killed_attempt
 from worker.sweeper import sweep
 from worker.video import VideoRunner
+from worker.watchdog import HardLimitWatchdog, Running
 from worker.webhooks import WebhookDeliverer, WebhookDispatcher
 
 log = logging.getLogger("backdrop.worker")
@@ -161,33 +162,73 @@ def consume_takeover_lanes(sender: str, instance: Any, **_: object) -> None:
 
 @worker_process_init.connect
 def load_models(**_: object) -> None:
+    global _in_pool_process
+    _in_pool_process = True
     runner()
+
+
+def record_hard_timeout(task_name: str, job_id: str, lease: Lease | None, *, replaced: str) -> None:
+    """Record that ``job_id``'s task ran past its hard limit (for ``lease``'s attempt, where a photo's
+    attempt is known; a video fails whole)."""
+    global _parent_jobs
+    _parent_jobs = _parent_jobs or JobStore.from_settings(settings)
+    record = _parent_jobs.get(job_id)
+    if record is None:
+        return
+    limit = settings.video_task_time_limit_s if record.is_video else settings.task_time_limit_s
+    if _parent_jobs.fail(record, "timeout", f"the job ran past the {limit} s hard limit; {replaced}", lease):
+        JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
+        JOB_FAILURES.labels("timeout").inc()
 
 
 class JobTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
         """Runs in the worker's main process when the hard time limit killed the pool process running
         the job (the pool replaces that process): record the job as timed out."""
-        global _parent_jobs
         if not isinstance(exc, TimeLimitExceeded) or not args:
             return
-        _parent_jobs = _parent_jobs or JobStore.from_settings(settings)
-        record = _parent_jobs.get(str(args[0]))
-        if record is not None:
-            lease = None
-            if self.name == PROCESS_TASK:
-                # A photo's attempts are fenced: a job that another node took over is left to that attempt.
-                others = {r.worker_pid for r in worker_state.active_requests if r.id != task_id and r.worker_pid}
-                lease = killed_attempt(record, socket.gethostname(), others)
-                if lease is None:
-                    log.warning("job %s: past the hard limit, but another attempt holds it now", record.id)
-                    return
-            limit = settings.video_task_time_limit_s if record.is_video else settings.task_time_limit_s
-            if _parent_jobs.fail(
-                record, "timeout", f"the job ran past the {limit} s hard limit; its process was replaced", lease
-            ):
-                JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
-                JOB_FAILURES.labels("timeout").inc()
+        lease = None
+        if self.name == PROCESS_TASK:
+            global _parent_jobs
+            _parent_jobs = _parent_jobs or JobStore.from_settings(settings)
+            record = _parent_jobs.get(str(args[0]))
+            if record is None:
+                return
+            # A photo's attempts are fenced: a job that another node took over is left to that attempt.
+            others = {r.worker_pid for r in worker_state.active_requests if r.id != task_id and r.worker_pid}
+            lease = killed_attempt(record, socket.gethostname(), others)
+            if lease is None:
+                log.warning("job %s: past the hard limit, but another attempt holds it now", record.id)
+                return
+        record_hard_timeout(self.name, str(args[0]), lease, replaced="its process was replaced")
+
+
+def _timed_out_in_this_process(running: Running) -> None:
+    """The watchdog's report (threads and solo pools): the attempt this process holds, if it still does."""
+    lease = runner().leases.held(running.job_id) if running.task_name == PROCESS_TASK else None
+    if running.task_name == PROCESS_TASK and lease is None:
+        log.warning("job %s: past the hard limit, but this process holds no attempt of it", running.job_id)
+        return
+    record_hard_timeout(running.task_name, running.job_id, lease, replaced="its worker process was ended")
+
+
+# Set in prefork pool processes, where Celery enforces the hard limit itself.
+_in_pool_process = False
+hard_limit = HardLimitWatchdog(_timed_out_in_this_process)
+
+
+@task_prerun.connect
+def watch_hard_limit(task_id: str | None = None, task: Task | None = None, args: tuple = (), **_: object) -> None:
+    if _in_pool_process or not (task_id and args and isinstance(task, JobTask)):
+        return
+    limit = task.time_limit or app.conf.task_time_limit
+    if limit:
+        hard_limit.started(task_id, task.name, str(args[0]), float(limit))
+
+
+@task_postrun.connect
+def unwatch_hard_limit(task_id: str | None = None, **_: object) -> None:
+    hard_limit.finished(task_id or "")
 
 
 @app.task(name=PROCESS_TASK, base=JobTask)

@@ -86,6 +86,12 @@ class LeaseKeeper:
             with self._lock:
                 self._held.pop(lease.member, None)
 
+    def held(self, job_id: str, part: str = RUN_PART) -> Lease | None:
+        """The lease an attempt in this process holds on ``job_id``'s ``part`` now, if any."""
+        with self._lock:
+            found = next((h for h in self._held.values() if (h.lease.job_id, h.lease.part) == (job_id, part)), None)
+        return found.lease if found else None
+
     def renew_held(self) -> int:
         """One heartbeat for every lease held here; returns how many were lost (a later attempt has them).
         A Redis that cannot be reached is not a loss: the renewal is tried again at the next beat, and the
