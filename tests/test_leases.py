@@ -146,3 +146,30 @@ def test_a_hard_time_limit_fails_only_an_attempt_of_its_own_node():
     assert killed_attempt(record, "node-1", {4242}) is None  # a sibling process took it over
     assert killed_attempt(record, "node-2", set()) is None  # another node took it over
     assert killed_attempt(replace(record, worker=None), "node-1", set()) is None
+
+
+def test_a_lease_given_back_while_its_renewal_ran_is_not_counted_lost():
+    """The attempt ended (its lease gone from Redis) between the beat's snapshot and its renewal: the
+    refused renewal is not a loss, and no warning says another worker has the part."""
+
+    class EndingDuringRenewal:
+        lease_s = 30.0
+
+        def __init__(self) -> None:
+            self.block: object = None
+
+        def renew(self, lease: Lease) -> bool:
+            self.block.__exit__(None, None, None)  # the attempt ends meanwhile
+            return False
+
+    store = EndingDuringRenewal()
+    keeper = LeaseKeeper(store, lambda lease: True)  # type: ignore[arg-type]
+    held_lease = Lease("job-1", RUN_PART, 1)
+    store.block = keeper.hold(held_lease)
+    held = store.block.__enter__()
+    assert keeper.renew_held() == 0 and not held.lost.is_set()
+
+    still = keeper.hold(Lease("job-2", RUN_PART, 1))
+    taken = still.__enter__()
+    store.renew = lambda lease: False  # type: ignore[method-assign]  # refused while still held: a loss
+    assert keeper.renew_held() == 1 and taken.lost.is_set()

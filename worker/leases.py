@@ -101,13 +101,18 @@ class LeaseKeeper:
         lost = 0
         for one in held:
             try:
-                if not self.jobs.renew(one.lease):
+                if not self.jobs.renew(one.lease) and self._still_held(one):
                     log.warning("lease %s lost: another worker has this part now", one.lease.member)
                     one.lost.set()
                     lost += 1
             except BrokerUnavailable as exc:
                 log.warning("lease %s not renewed: %s", one.lease.member, exc.message)
         return lost
+
+    def _still_held(self, one: HeldLease) -> bool:
+        """False once its attempt has ended (it gave its lease back while this beat ran: not a loss)."""
+        with self._lock:
+            return self._held.get(one.lease.member) is one
 
     def take_over_expired(self) -> int:
         """Queue again every part whose lease ran out (whoever held it); returns how many this process
