@@ -111,8 +111,9 @@ class CpuMeter:
     """CPU seconds used by each part of the stack (and this client) between two readings: ``roots`` names
     the processes (with everything below them) of each part."""
 
-    def __init__(self, roots: dict[str, list[int]]) -> None:
+    def __init__(self, roots: dict[str, list[int]], alone: dict[str, int] | None = None) -> None:
         self.roots = roots
+        self.alone = alone or {}  # processes read without their children (a Celery node's main process)
 
     @classmethod
     def of_stack(cls, stack: LocalStack) -> CpuMeter:
@@ -128,6 +129,7 @@ class CpuMeter:
     def read(self) -> dict[str, float]:
         parents = _parents()
         reading = {name: sum(tree_cpu(pid, parents) for pid in pids) for name, pids in self.roots.items()}
+        reading.update({name: _cpu_seconds(pid) for name, pid in self.alone.items()})
         reading["client"] = time.process_time()
         return reading
 
@@ -180,6 +182,7 @@ class Bench:
         self.control = make_celery(self.settings).control
         self.nodes = nodes
         self.meter = meter
+        self.pipeline_ms: list[float] = []  # the last burst's: each job's pipeline stages, from its record
 
     def consume_on(self, count: int) -> None:
         """Only the first ``count`` worker nodes take jobs from the queue."""
@@ -256,6 +259,10 @@ class Bench:
         span = max(r.finished_at for r in records) - min(r.created_at for r in records)  # type: ignore[operator]
         latencies = [(r.finished_at - r.created_at) * 1e3 for r in records]  # type: ignore[operator]
         cpu = {name: (after[name] - before[name]) * 1e3 / count for name in after}
+        service_parts = ("download", "upload")
+        self.pipeline_ms = [
+            sum(ms for stage, ms in (r.timings_ms or {}).items() if stage not in service_parts) for r in records
+        ]
         return count / span, latencies, cpu
 
     def submission_rate(self, image: bytes, seconds: float = 5, clients: int = 16) -> float:
@@ -288,7 +295,12 @@ class Bench:
 
 
 def _pipeline_loop(
-    image: bytes, seconds: float, start: float, rates: multiprocessing.Queue, cpus: set[int] | None = None
+    image: bytes,
+    seconds: float,
+    start: float,
+    rates: multiprocessing.Queue,
+    cpus: set[int] | None = None,
+    singles: int = 0,
 ) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
@@ -303,26 +315,44 @@ def _pipeline_loop(
     while time.perf_counter() - began < seconds:
         pipeline.process(image, JobParams())
         done += 1
-    rates.put((done / (time.perf_counter() - began), (time.process_time() - cpu) * 1e3 / done))
+    rate, cpu_ms = done / (time.perf_counter() - began), (time.process_time() - cpu) * 1e3 / done
+    # Then images one at a time with pauses between them, as jobs sent one after another arrive: caches
+    # and the core's clock cool down meanwhile, and an image costs more than back to back.
+    alone = []
+    for _ in range(singles):
+        time.sleep(SINGLE_GAP_S)
+        began = time.perf_counter()
+        pipeline.process(image, JobParams())
+        alone.append((time.perf_counter() - began) * 1e3)
+    rates.put((rate, cpu_ms, alone))
+
+
+# The pause between one-at-a-time jobs is about what the service adds around each (client, API, queue).
+SINGLE_GAP_S = 0.03
 
 
 def bare_pipeline(
-    image: bytes, processes: int, seconds: float = 6, cpus: set[int] | None = None
-) -> tuple[float, float]:
+    image: bytes, processes: int, seconds: float = 6, cpus: set[int] | None = None, singles: int = 0
+) -> tuple[float, float, list[float]]:
     """Images/s of the pipeline alone in ``processes`` processes at once (no servers, no queue; on ``cpus``
-    if given), and its CPU ms per image."""
+    if given), its CPU ms per image, and with ``singles`` the ms of that many images run one at a time."""
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no fork of this threaded process
     rates = spawn.Queue()
     start = time.time() + 20  # every process has loaded its models and warmed up by then
     workers = [
-        spawn.Process(target=_pipeline_loop, args=(image, seconds, start, rates, cpus)) for _ in range(processes)
+        spawn.Process(target=_pipeline_loop, args=(image, seconds, start, rates, cpus, singles))
+        for _ in range(processes)
     ]
     for worker in workers:
         worker.start()
     results = [rates.get(timeout=120) for _ in workers]
     for worker in workers:
         worker.join()
-    return sum(rate for rate, _ in results), statistics.mean(cpu for _, cpu in results)
+    return (
+        sum(rate for rate, _, _ in results),
+        statistics.mean(cpu for _, cpu, _ in results),
+        [ms for _, _, alone in results for ms in alone],
+    )
 
 
 @dataclass
@@ -395,9 +425,32 @@ def one_at_a_time(api_url: str, image: bytes, count: int) -> list[float]:
     return latencies
 
 
+# A worker configuration: pool, concurrency, and whether the segmentation models are the recorded stand-in
+# (bench/recorded_engine.py: the real output after a 2 ms sleep, as an accelerator would nearly give).
+Config = tuple[str, int, bool]
+
+
+def parse_configs(text: str) -> list[Config]:
+    """``prefork:1,threads:2,threads:2:recorded`` -> [("prefork", 1, False), ("threads", 2, False), ...]."""
+    configs = []
+    for item in text.split(","):
+        parts = item.strip().split(":")
+        if len(parts) > 3 or parts[2:] not in ([], ["recorded"]):
+            raise ValueError(f"not a worker configuration: {item!r} (pool[:concurrency[:recorded]])")
+        configs.append((parts[0], int(parts[1]) if len(parts) > 1 else 1, parts[2:] == ["recorded"]))
+    return configs
+
+
+def config_name(config: Config) -> str:
+    pool, concurrency, recorded = config
+    return f"{pool}:{concurrency}" + (":recorded" if recorded else "")
+
+
 def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
     """``--hosts``: the service on test hosts, the worker host pinned to one core and ``store``, ``api`` and
-    ``client`` (this process) on the other(s), against the bare pipeline pinned to the worker's core."""
+    ``client`` (this process) on the other(s), against the bare pipeline pinned to the worker's core. Each
+    worker configuration (pool and concurrency) in ``--configs`` runs in turn with the bare pipeline, round
+    after round, so the machine's drift hits all alike."""
     # The harnesses are a folder beside bench/, not part of the installed package.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from harness.hosts import HostedService, TestHosts, unavailable
@@ -407,61 +460,102 @@ def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
     if reason or len(cores) < 2:
         print(f"--hosts cannot run here: {reason or 'it needs two cores'}", file=sys.stderr)
         return 1
-    worker_core, others = cores[0], cores[1:]
+    configs = parse_configs(args.configs or f"{args.pool}:{args.concurrency}")
+    # The worker on the last core: the first takes more of the machine's interrupts on a small VM.
+    worker_core, others = cores[-1], cores[:-1]
     os.sched_setaffinity(0, set(others))  # the load client and the harness (threads inherit it)
     others_list = ",".join(map(str, others))
-    print(f"machine: {len(cores)} cores; worker host on core {worker_core} ({args.pool} pool, concurrency"
-          f" {args.concurrency}), store, api and client on {others_list}")  # fmt: skip
-    env = {**os.environ, "BACKDROP_THREADS": "1"}
+    names = ", ".join(config_name(config) for config in configs)
+    print(f"machine: {len(cores)} cores; worker host on core {worker_core} ({names}); store, api and client"
+          f" on {others_list}")  # fmt: skip
+    env = {**os.environ, "BACKDROP_THREADS": "1", **dict(item.split("=", 1) for item in args.worker_env)}
     with (
         tempfile.TemporaryDirectory(prefix="backdrop-hosts-") as root,
         TestHosts(["client", "api", "store", "worker-1"]) as hosts,
     ):
         cpus = {"worker-1": str(worker_core), "store": others_list, "api": others_list}
+        pool, concurrency, recorded = configs[0]
+        engine = env.get("BACKDROP_ENGINE", "auto")
+        worker_env = {**env, "BACKDROP_ENGINE": "recorded" if recorded else engine}
         hosted = HostedService(
-            hosts, Path(root), env, workers=("worker-1",), cpus=cpus, pool=args.pool, concurrency=args.concurrency
-        )
+            hosts, Path(root), worker_env, workers=("worker-1",), cpus=cpus, pool=pool, concurrency=concurrency,
+            worker_include=("bench.recorded_engine",),
+        )  # fmt: skip
         hosted.start()
         processes = hosted.processes
-        meter = CpuMeter(
-            {
-                "worker": [processes["worker-1"].process.pid],
-                "api": [processes["api"].process.pid, processes["beat"].process.pid],
-                "store": [processes["redis"].process.pid, processes["s3"].process.pid],
-            }
-        )
-        bench = Bench(hosted.api_url, hosted.settings, meter, [], lambda function: hosts.call("client", function))
+        current: list[Config] = [configs[0]]
+
+        def switch_to(config: Config) -> Bench:
+            if current[0] != config:
+                processes["worker-1"].stop(timeout_s=60)
+                hosted.pool, hosted.concurrency, recorded = config
+                # Read by the worker only (the API loads no model); the people models stay on LiteRT.
+                hosted.env["BACKDROP_ENGINE"] = "recorded" if recorded else engine
+                hosted.start_worker("worker-1")
+                current[0] = config
+            worker = processes["worker-1"].process.pid
+            meter = CpuMeter(
+                {
+                    "worker": [worker],
+                    "api": [processes["api"].process.pid, processes["beat"].process.pid],
+                    "store": [processes["redis"].process.pid, processes["s3"].process.pid],
+                },
+                alone={"worker main": worker},
+            )
+            bench = Bench(hosted.api_url, hosted.settings, meter, [], lambda function: hosts.call("client", function))
+            bench.burst(images["0.3 MP"], 4, 1)  # warm-up
+            return bench
+
         rows, bare = [], {}
         for label, image in images.items():
             count = args.small_jobs if label == "0.3 MP" else args.large_jobs
-            bench.burst(image, 4, 1)  # warm-up
-            # The bare pipeline (on the worker's core, the service idle) and the service alternate: the
-            # machine's drift between runs hits both alike.
-            runs, bare_runs = [], []
+            runs: dict[Config, list] = {config: [] for config in configs}
+            singles: dict[Config, list[float]] = {config: [] for config in configs}
+            in_jobs: dict[Config, list[float]] = {config: [] for config in configs}
+            bare_runs, bare_singles = [], []
             for _ in range(args.repeat):
-                bare_runs.append(bare_pipeline(image, 1, cpus={worker_core}))
-                runs.append(bench.burst(image, count, 1))
+                *bare_run, alone = bare_pipeline(image, 1, cpus={worker_core}, singles=max(5, count // 8))
+                bare_runs.append(bare_run)
+                bare_singles += alone
+                for config in configs:
+                    bench = switch_to(config)
+                    runs[config].append(bench.burst(image, count, 1))
+                    in_jobs[config] += bench.pipeline_ms
+                    singles[config] += hosts.call("client", one_at_a_time, hosted.api_url, image, max(5, count // 8))
             bare[label] = (
                 statistics.median(r for r, _ in bare_runs),
                 statistics.median(c for _, c in bare_runs),
+                statistics.median(bare_singles),
             )
-            single = hosts.call("client", one_at_a_time, hosted.api_url, image, max(10, count // 4))
-            rate = statistics.median(r for r, _, _ in runs)
-            cpu = {name: statistics.median(c[name] for _, _, c in runs) for name in runs[0][2]}
-            rows.append((label, rate, statistics.median(single), percentile(single, 0.95), cpu))
-    print(f"\n{'size':>7} {'bare img/s':>10} {'jobs/s':>7} {'efficiency':>10} {'bare ms':>8} {'p50 ms':>7}"
-          f" {'p95 ms':>7} {'overhead p50':>12}")  # fmt: skip
-    for label, rate, p50, p95, _ in rows:
+            for config in configs:
+                rate = statistics.median(r for r, _, _ in runs[config])
+                cpu = {name: statistics.median(c[name] for _, _, c in runs[config]) for name in runs[config][0][2]}
+                single = singles[config]
+                cpu["pipeline in jobs"] = statistics.median(in_jobs[config])  # wall ms, not CPU
+                rows.append((label, config, rate, statistics.median(single), percentile(single, 0.95), cpu))
+    print(f"\n{'size':>7} {'worker':>18} {'bare img/s':>10} {'jobs/s':>7} {'efficiency':>10} {'bare ms':>8}"
+          f" {'p50 ms':>7} {'p95 ms':>7} {'overhead p50':>12} {'bare alone':>10} {'overhead':>8}")  # fmt: skip
+    for label, config, rate, p50, p95, _ in rows:
         bare_rate = bare[label][0]
         bare_ms = 1e3 / bare_rate
-        print(f"{label:>7} {bare_rate:10.2f} {rate:7.2f} {rate / bare_rate:10.2f} {bare_ms:8.1f} {p50:7.1f} {p95:7.1f}"
-              f" {p50 - bare_ms:12.1f}")  # fmt: skip
-    names = ("worker", "api", "store", "client")
-    print(f"\nCPU ms per job {'':>1}" + "".join(f"{name:>9}" for name in names) + f"{'bare':>9}")
-    for label, *_, cpu in rows:
-        print(f"{label:>15}" + "".join(f"{cpu[name]:9.1f}" for name in names) + f"{bare[label][1]:9.1f}")
-    print("\n(jobs/s: bursts of jobs through the service, from the first submission to the last finish; p50/p95:")
-    print(" jobs one at a time, from the client's POST to its answer with Prefer: wait; overhead: p50 - bare ms)")
+        print(f"{label:>7} {config_name(config):>18} {bare_rate:10.2f} {rate:7.2f} {rate / bare_rate:10.2f}"
+              f" {bare_ms:8.1f} {p50:7.1f} {p95:7.1f} {p50 - bare_ms:12.1f} {bare[label][2]:10.1f}"
+              f" {p50 - bare[label][2]:8.1f}")  # fmt: skip
+    parts = ("worker", "worker main", "api", "store", "client")
+    print(f"\nCPU ms per job {'':>11}" + "".join(f"{name:>12}" for name in parts) + f"{'bare':>9}{'extra':>9}")
+    for label, config, *_, cpu in rows:
+        cells = "".join(f"{cpu[name]:12.1f}" for name in parts)
+        extra = cpu["worker"] - bare[label][1]
+        print(f"{label:>7} {config_name(config):>18}{cells}{bare[label][1]:9.1f}{extra:9.1f}")
+    print(f"\nThe pipeline's own stages (decode to encode), wall ms per image {'':>4}{'in jobs':>10}{'bare':>9}")
+    for label, config, *_, cpu in rows:
+        print(f"{label:>7} {config_name(config):>18}{'':>36}{cpu['pipeline in jobs']:10.1f}{1e3 / bare[label][0]:9.1f}")
+    print("\n(jobs/s: bursts of jobs through the service, from the first submission to the last job's finished_at;")
+    print(" p50/p95: jobs one at a time, from the client's POST to its answer with Prefer: wait; overhead: p50 -")
+    print(" bare ms; worker main: the node's main process alone, included in worker; extra: worker - bare;")
+    print(" pipeline in jobs: the stages' times the jobs recorded, median, against the bare pipeline's time;")
+    print(f" bare alone: the bare pipeline's p50 with {SINGLE_GAP_S * 1e3:.0f} ms between images, as single jobs come;")
+    print(" the last overhead: p50 - bare alone)")
     return 0
 
 
@@ -609,6 +703,12 @@ def main() -> int:
     parser.add_argument("--hosts", action="store_true", help="across test hosts, the worker on a core of its own")
     parser.add_argument("--pool", default="prefork", help="with --hosts: the worker's Celery pool (prefork, threads)")
     parser.add_argument("--concurrency", type=int, default=1, help="with --hosts: the worker's concurrency")
+    parser.add_argument(
+        "--configs", help="with --hosts: worker configurations measured in turn, e.g. prefork:1,threads:2"
+    )
+    parser.add_argument(
+        "--worker-env", action="append", default=[], metavar="NAME=VALUE", help="with --hosts: more worker settings"
+    )
     args = parser.parse_args()
     if args.hosts:
         return across_hosts(args, {label: jpeg(*size) for label, size in SIZES.items()})
@@ -628,7 +728,7 @@ def main() -> int:
     images = {label: jpeg(*size) for label, size in SIZES.items()}
     sizes = ", ".join(f"{label} {len(image) // 1024} KiB" for label, image in images.items())
     print(f"machine: {os.cpu_count()} cores; one inference thread per process; JPEGs: {sizes}\n")
-    bare = {label: {n: bare_pipeline(image, n) for n in WORKER_COUNTS} for label, image in images.items()}
+    bare = {label: {n: bare_pipeline(image, n)[:2] for n in WORKER_COUNTS} for label, image in images.items()}
     results, submissions = run(args, images)
     print(
         f"{'size':>7} {'procs':>5} {'bare img/s':>10} {'service jobs/s':>14} {'efficiency':>10}"

@@ -366,6 +366,7 @@ class HostedService:
     pool: str = "prefork"
     cpus: Mapping[str, str] = field(default_factory=dict)
     sentinel: bool = False
+    worker_include: tuple[str, ...] = ()  # more modules the worker nodes import (a benchmark's stand-ins)
     redis_port: int = 6379
     s3_port: int = 8333
     api_port: int = 8080
@@ -560,6 +561,7 @@ class HostedService:
                 name=name,
                 pool=self.pool,
                 prefix=self.prefix(name),
+                include=self.worker_include,
             ),
         )
         self.processes[name] = process

@@ -289,10 +289,12 @@ def start_workers(
     beat_schedule: Path | None = None,
     pool: str = "prefork",
     prefix: Sequence[str] = (),
+    include: Sequence[str] = (),
 ) -> ManagedProcess:
     """A Celery worker node with ``concurrency`` prefork processes (or threads, with ``pool="threads"``:
     one process whose jobs share micro-batched models); with ``beat_schedule``, it also runs the
-    periodic sweep (only one node of a deployment should)."""
+    periodic sweep (only one node of a deployment should); ``include``: more modules the node imports
+    (a benchmark's stand-ins)."""
     command = [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", pool,
         "--concurrency", str(concurrency), "--queues", queues, "--loglevel", "INFO",
@@ -300,6 +302,8 @@ def start_workers(
     ]  # fmt: skip
     if beat_schedule is not None:
         command += ["--beat", "--schedule", str(beat_schedule)]
+    if include:
+        command += ["--include", ",".join(include)]
     return _spawn(f"worker-{name}", command, log_path=log_path, env=env, prefix=prefix)
 
 
