@@ -38,8 +38,10 @@ BODY_MIN_SHARE = 0.3
 # In a clip, a person who was a subject stays one until clearly out: the thresholds are this much lower
 # for them (no one popping in and out of the subject between frames).
 STAY = 0.8
-# Sharpness is compared on faces brought to one size.
+# Sharpness is compared on faces brought to one size: this, or the smaller face's width (not below the
+# minimum: a face of a few pixels has no detail to compare).
 SHARPNESS_SIDE = 48
+MIN_SHARPNESS_SIDE = 12
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,15 @@ class Choice:
     main: int | None
 
 
-def sharpness(gray: np.ndarray, box: tuple[float, float, float, float]) -> float:
+def sharpness(gray: np.ndarray, box: tuple[float, float, float, float], side: int = SHARPNESS_SIDE) -> float:
     """How much fine detail a face has: the Laplacian's variance over the grey variance, on the face
-    brought to SHARPNESS_SIDE pixels (so faces of any size compare; out-of-focus faces score low)."""
+    brought to ``side`` pixels (so faces of any size compare; out-of-focus faces score low)."""
     height, width = gray.shape[:2]
     x0, y0 = max(0, math.floor(box[0])), max(0, math.floor(box[1]))
     x1, y1 = min(width, math.ceil(box[2])), min(height, math.ceil(box[3]))
     if x1 - x0 < 4 or y1 - y0 < 4:
         return 0.0
-    side = (SHARPNESS_SIDE, SHARPNESS_SIDE)
-    face = cv2.resize(gray[y0:y1, x0:x1].astype(np.float32), side, interpolation=cv2.INTER_AREA)
+    face = cv2.resize(gray[y0:y1, x0:x1].astype(np.float32), (side, side), interpolation=cv2.INTER_AREA)
     return float(cv2.Laplacian(face, cv2.CV_32F).var() / (face.var() + 1.0))
 
 
@@ -78,14 +79,19 @@ def choose_people(people: list[Person], gray: np.ndarray, mode: Subjects) -> Cho
     main = max(range(len(people)), key=lambda i: prominence(people[i]))
     if mode is Subjects.ALL:
         return Choice(tuple(True for _ in people), main)
+    main_face = people[main].face
     main_width = people[main].face_width
-    sharp = [sharpness(gray, person.face.box) if person.face is not None else None for person in people]
-    main_sharp = sharp[main]
     chosen = []
-    for person, person_sharp in zip(people, sharp, strict=True):
+    for person in people:
         leeway = STAY if person.was_subject else 1.0
         near = person.face_width >= SAME_DEPTH * leeway * main_width
-        in_focus = main_sharp is None or person_sharp is None or person_sharp >= SHARP_ENOUGH * leeway * main_sharp
+        in_focus = True
+        if person.face is not None and main_face is not None:
+            # Both faces at the smaller one's size: a small face brought up to a larger size looks blurred
+            # by the resampling alone.
+            side = max(MIN_SHARPNESS_SIDE, min(SHARPNESS_SIDE, round(min(person.face_width, main_width))))
+            person_sharp, main_sharp = sharpness(gray, person.face.box, side), sharpness(gray, main_face.box, side)
+            in_focus = person_sharp >= SHARP_ENOUGH * leeway * main_sharp
         chosen.append(near and in_focus)
     return Choice(tuple(chosen), main)
 
