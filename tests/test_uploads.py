@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from backdrop.service.jobs import BrokerUnavailable
-from backdrop.service.storage import ObjectNotFound, open_storage
+from backdrop.service.storage import ObjectNotFound, StorageUnavailable, open_storage
 from backdrop.service.uploads import INLINE_BYTES, INLINE_SCHEME, OBJECT_PREFIX, Uploads
 from backdrop.settings import Settings, SettingsError
 
@@ -112,15 +112,29 @@ def test_inline_limit_setting():
         Settings.from_env({"BACKDROP_INLINE_UPLOAD_MAX_BYTES": "-1"})
 
 
-def test_objects_are_stored_without_a_continue_handshake_or_a_body_checksum(settings):
-    # One request per put, the body sent at once, no CRC32 of it: each was a measured cost per job.
+def test_a_put_is_one_plain_request_stores_bytes_and_type_and_a_refusal_says_why(settings):
+    """Puts go as presigned PUTs on the client's own connections: one request, the body sent at once (no
+    continue handshake), no checksum of it (each was a measured cost per job); what S3 keeps is what was
+    sent, and a refusal (here: a wrong secret) is StorageUnavailable naming S3's own error code."""
     storage = open_storage(settings)
     sent = []
-    storage._client.meta.events.register("before-send.s3.PutObject", lambda request, **_: sent.append(request))
-    key = OBJECT_PREFIX + uuid.uuid4().hex
-    storage.put(key, b"z" * 100_000, "image/jpeg")
-    assert storage.get(key) == b"z" * 100_000
-    headers = {name.lower() for name in sent[0].headers}
-    assert "expect" not in headers
-    assert not any(name.startswith("x-amz-checksum") for name in headers)
+    send = storage._http.send  # type: ignore[attr-defined]
+    storage._http.send = lambda request: sent.append(request) or send(request)  # type: ignore[attr-defined]
+    key = f"results/{uuid.uuid4().hex}.webp"
+    body = bytes(range(256)) * 300
+    storage.put(key, body, "image/webp")
+    puts = [request for request in sent if request.method == "PUT"]  # the bucket's check comes first
+    assert len(puts) == 1
+    headers = {name.lower() for name in puts[0].headers}
+    assert "expect" not in headers and not any(name.startswith("x-amz-checksum") for name in headers)
+    assert "x-amz-signature=" in puts[0].url.lower()
+    assert storage.get(key) == body
+    head = storage._client.head_object(Bucket=settings.s3_bucket, Key=key)  # type: ignore[attr-defined]
+    assert head["ContentType"] == "image/webp" and head["ContentLength"] == len(body)
     storage.delete(key)
+    wrong = open_storage(replace(settings, s3_secret_key="not-the-secret"))
+    wrong._bucket_checked = True  # type: ignore[attr-defined]  # straight to the put
+    with pytest.raises(StorageUnavailable, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        wrong.put(key, body, "image/webp")
+    with pytest.raises(ObjectNotFound):
+        storage.get(key)
