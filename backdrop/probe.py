@@ -82,8 +82,9 @@ def _jpeg_has_end(data: bytes) -> bool:
             offset += 1
             continue
         length = struct.unpack(">H", data[offset + 2 : offset + 4])[0]
-        if marker == 0xDA:  # start of scan
-            return data.find(b"\xff\xd9", offset + 2 + length) != -1
+        if marker == 0xDA:  # start of scan; searched from the end, where the marker is (a scan from the front
+            # went over every byte of the compressed data: a measurable share of the API's CPU per upload)
+            return data.rfind(b"\xff\xd9", offset + 2 + length) != -1
         offset += 2 + length
     return False
 
