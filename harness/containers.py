@@ -218,7 +218,7 @@ def compose_command(engine: Engine) -> list[str]:
     raise ContainersUnavailable("docker has no compose plugin here")
 
 
-def _name(container: dict) -> str:
+def container_name(container: dict) -> str:
     """A container's name from ``ps --format json`` (podman lists its names, docker gives one)."""
     names = container["Names"]
     return names[0] if isinstance(names, list) else names
@@ -259,10 +259,10 @@ class ComposeProject:
             args.append("--all")
         if service:
             args += ["--filter", f"label=com.docker.compose.service={service}"]
-        return sorted(json.loads(self.engine.text(*args) or "[]"), key=_name)
+        return sorted(json.loads(self.engine.text(*args) or "[]"), key=container_name)
 
     def container_names(self, service: str | None = None) -> list[str]:
-        return [_name(c) for c in self.containers(service)]
+        return [container_name(c) for c in self.containers(service)]
 
     def health(self) -> dict[str, str]:
         """Each running container's health (``healthy``, ``starting``, ``unhealthy``; ``none`` without a check)."""
@@ -283,8 +283,8 @@ class ComposeProject:
         A Celery worker whose broker vanished may exit 0."""
         with self._restarting:
             for container in [] if self._going_down else self.containers(running_only=False):
-                name = _name(container)
-                if container.get("State") != "exited" or name in self._stopped:
+                name = container_name(container)
+                if container.get("State") not in ("exited", "stopped") or name in self._stopped:  # podman says either
                     continue
                 policy = self.engine.container(name)["HostConfig"]["RestartPolicy"]["Name"]
                 if policy in ("always", "unless-stopped") or (policy == "on-failure" and container.get("ExitCode")):

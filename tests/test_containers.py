@@ -34,7 +34,7 @@ from websockets.sync.client import connect
 
 from backdrop.service.jobs import ATTEMPTS_SUFFIX, KEY_PREFIX
 from harness import containers
-from harness.containers import ComposeProject, ContainersUnavailable, Engine
+from harness.containers import ComposeProject, ContainersUnavailable, Engine, container_name
 from tests import videos
 from tests.conftest import decode_rgb, encode_rgb
 from tests.waiting import wait_for
@@ -287,8 +287,10 @@ def test_the_sentinel_override_survives_its_primary(engine, images, photo, tmp_p
         for job_id in accepted:  # what became of each (the job store is the promoted replica now)
             with suppress(Exception):
                 print(job_id, service.job(job_id)["status"])
-        for name in project.container_names():
-            if any(part in name for part in ("worker", "api", "beat", "sentinel-1")):
+        for container in project.containers(running_only=False):  # a worker that exited too
+            name = container_name(container)
+            print(f"{name}: {container.get('State')} {container.get('Status', '')}")
+            if any(part in name for part in ("worker", "api", "sentinel-1")):
                 print(f"--- {name} ---\n{project.logs(name, tail=80)}")
         raise
     finally:

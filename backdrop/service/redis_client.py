@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import redis
+from kombu.transport.redis import SentinelChannel, SentinelTransport
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -15,6 +16,8 @@ from redis.sentinel import Sentinel
 from backdrop.settings import Settings
 
 SENTINEL_TIMEOUT_S = 1.0
+# Celery's broker_transport with Sentinel (the sentinel:// URLs name kombu's own, which a failover can crash).
+SENTINEL_TRANSPORT = f"{__name__}:FailoverSafeSentinelTransport"
 
 
 def _credentials(url: str) -> tuple[str | None, str | None, int]:
@@ -67,8 +70,28 @@ def _sentinel_auth(username: str | None, password: str | None) -> dict[str, Any]
     return auth
 
 
+class FailoverSafeSentinelChannel(SentinelChannel):
+    """kombu's Sentinel channel, but a channel whose connection was closed fails as a connection error
+    when asked for a new connection pool. kombu reads the closed connection's address (None) and raises
+    AttributeError; Celery counts that as unrecoverable and the worker exits. It happened in a failover
+    (the primary killed): the consumer closed its connection, the closing channel went to give back its
+    unacknowledged message and asked for a pool. As a connection error it is ignored like the others
+    while the consumer reconnects; the message stays in Redis's unacknowledged set and is delivered again
+    after the visibility timeout (and the job's lease hands it on sooner)."""
+
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:
+            raise redis.ConnectionError("the channel's broker connection is closed")
+        return super()._get_pool(asynchronous)
+
+
+class FailoverSafeSentinelTransport(SentinelTransport):
+    Channel = FailoverSafeSentinelChannel
+
+
 def broker(settings: Settings) -> tuple[str, dict[str, Any]]:
-    """Celery's broker URL and the transport options it needs besides the common ones."""
+    """Celery's broker URL and the transport options it needs besides the common ones (with Sentinel, the
+    transport class is :data:`SENTINEL_TRANSPORT`)."""
     if not settings.redis_sentinels:
         return settings.redis_url, {}
     username, password, database = _credentials(settings.redis_url)
