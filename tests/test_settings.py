@@ -64,3 +64,31 @@ def test_sentinels_are_parsed_and_reach_every_redis_client():
     assert broker(plain) == ("redis://:pw@10.0.0.9:6380/1", {})
     with pytest.raises(SettingsError, match="BACKDROP_REDIS_SENTINELS"):
         Settings.from_env({"BACKDROP_REDIS_SENTINELS": "host:port"})
+
+
+def test_the_sentinel_broker_survives_a_channel_whose_connection_closed():
+    """Celery uses the failover-safe Sentinel transport: a closing channel whose connection is already
+    closed, asked for a pool (to give back its unacknowledged messages), fails with a connection error,
+    which kombu ignores while the consumer reconnects, not with the AttributeError that ended the worker."""
+    import redis
+
+    from backdrop.service.queue import make_celery
+    from backdrop.service.redis_client import FailoverSafeSentinelChannel, FailoverSafeSentinelTransport
+
+    settings = Settings.from_env(
+        {"BACKDROP_REDIS_URL": "redis://:pw@unused:6379/0", "BACKDROP_REDIS_SENTINELS": "10.0.0.5:26380"}
+    )
+    connection = make_celery(settings).connection_for_write()  # nothing is contacted yet
+    assert isinstance(connection.transport, FailoverSafeSentinelTransport)
+    assert redis.ConnectionError in connection.connection_errors or any(
+        issubclass(redis.ConnectionError, error) for error in connection.connection_errors
+    )
+
+    class Closed:
+        client = None  # what kombu leaves on a transport whose connection was closed
+
+    channel = FailoverSafeSentinelChannel.__new__(FailoverSafeSentinelChannel)
+    channel.connection = Closed()  # type: ignore[assignment]
+    with pytest.raises(redis.ConnectionError):
+        channel._get_pool()
+    assert make_celery(Settings.from_env({"BACKDROP_REDIS_URL": "redis://x/0"})).conf.broker_transport is None
