@@ -32,7 +32,7 @@ from backdrop.models.fetch import resolve_model_file
 from backdrop.models.registry import get_model
 from backdrop.pipeline import Pipeline
 from backdrop.pipeline.allocator import retain_freed_memory
-from backdrop.service.jobs import JobStore, Lease
+from backdrop.service.jobs import JobRecord, JobStore, Lease
 from backdrop.service.observability import (
     BATCH_SIZE,
     JOB_FAILURES,
@@ -167,16 +167,19 @@ def load_models(**_: object) -> None:
     runner()
 
 
-def record_hard_timeout(task_name: str, job_id: str, lease: Lease | None, *, replaced: str) -> None:
-    """Record that ``job_id``'s task ran past its hard limit (for ``lease``'s attempt, where a photo's
-    attempt is known; a video fails whole)."""
+def _job_store() -> JobStore:
+    """The job store of the process that records hard timeouts (Celery's main process for prefork pools,
+    the node's one process for threads and solo), made on first use."""
     global _parent_jobs
     _parent_jobs = _parent_jobs or JobStore.from_settings(settings)
-    record = _parent_jobs.get(job_id)
-    if record is None:
-        return
+    return _parent_jobs
+
+
+def record_hard_timeout(record: JobRecord, lease: Lease | None, *, replaced: str) -> None:
+    """Record that ``record``'s job ran past its hard limit (for ``lease``'s attempt, where a photo's attempt
+    is known; a video fails whole)."""
     limit = settings.video_task_time_limit_s if record.is_video else settings.task_time_limit_s
-    if _parent_jobs.fail(record, "timeout", f"the job ran past the {limit} s hard limit; {replaced}", lease):
+    if _job_store().fail(record, "timeout", f"the job ran past the {limit} s hard limit; {replaced}", lease):
         JOBS_PROCESSED.labels(record.params.effect.value, "failed").inc()
         JOB_FAILURES.labels("timeout").inc()
 
@@ -187,20 +190,18 @@ class JobTask(Task):
         the job (the pool replaces that process): record the job as timed out."""
         if not isinstance(exc, TimeLimitExceeded) or not args:
             return
+        record = _job_store().get(str(args[0]))
+        if record is None:
+            return
         lease = None
         if self.name == PROCESS_TASK:
-            global _parent_jobs
-            _parent_jobs = _parent_jobs or JobStore.from_settings(settings)
-            record = _parent_jobs.get(str(args[0]))
-            if record is None:
-                return
             # A photo's attempts are fenced: a job that another node took over is left to that attempt.
             others = {r.worker_pid for r in worker_state.active_requests if r.id != task_id and r.worker_pid}
             lease = killed_attempt(record, socket.gethostname(), others)
             if lease is None:
                 log.warning("job %s: past the hard limit, but another attempt holds it now", record.id)
                 return
-        record_hard_timeout(self.name, str(args[0]), lease, replaced="its process was replaced")
+        record_hard_timeout(record, lease, replaced="its process was replaced")
 
 
 def _timed_out_in_this_process(running: Running) -> None:
@@ -209,7 +210,9 @@ def _timed_out_in_this_process(running: Running) -> None:
     if running.task_name == PROCESS_TASK and lease is None:
         log.warning("job %s: past the hard limit, but this process holds no attempt of it", running.job_id)
         return
-    record_hard_timeout(running.task_name, running.job_id, lease, replaced="its worker process was ended")
+    record = _job_store().get(running.job_id)
+    if record is not None:
+        record_hard_timeout(record, lease, replaced="its worker process was ended")
 
 
 # Set in prefork pool processes, where Celery enforces the hard limit itself.
