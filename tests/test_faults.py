@@ -19,7 +19,7 @@ import requests
 from celery import Celery
 
 from backdrop.service.jobs import JobRecord, JobStatus, JobStore
-from backdrop.service.localstack import LocalStack, free_port, start_workers, wait_for_workers
+from backdrop.service.localstack import LocalStack, ManagedProcess, free_port, start_workers, wait_for_workers
 from backdrop.service.storage import open_storage
 from backdrop.settings import Settings
 from tests.waiting import wait_for
@@ -292,57 +292,52 @@ def test_soft_time_limit_fails_with_timeout(stack, store, astronaut_jpeg):
     assert 6 <= record.finished_at - record.started_at < 9
 
 
-def test_time_limit_in_a_threads_pool(stack, settings, store, astronaut_jpeg):
-    """Celery cannot interrupt a thread: the runner's deadline, checked between stages, fails the job."""
+@contextmanager
+def threads_node(stack, settings: Settings, name: str) -> Iterator[ManagedProcess]:
+    """A worker node with a threads pool (two threads), the only node taking jobs while inside."""
     threads = start_workers(
         stack.env,
         concurrency=2,
         queues=settings.queue,
-        log_path=stack.root / "log" / "threads.log",
-        name="threads",
+        log_path=stack.root / "log" / f"{name}.log",
+        name=name,
         pool="threads",
     )
     try:
         wait_for(lambda: "ready" in threads.log_text(), 90, "the threads-pool worker")
-        with paused(settings):  # only the threads node takes jobs now
-            job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 8))
-            record = finished(store, job_id, timeout_s=30)
-            assert record.status is JobStatus.FAILED and record.error["code"] == "timeout", record.error
-            assert "6 s limit" in record.error["message"]
-            assert pid_of(record) == threads.process.pid  # ran in the threads node's one process
-            healthy = finished(store, accepted(stack, astronaut_jpeg))
-            assert healthy.status is JobStatus.SUCCEEDED and pid_of(healthy) == threads.process.pid
+        with paused(settings):
+            yield threads
     finally:
         threads.stop()
+
+
+def test_time_limit_in_a_threads_pool(stack, settings, store, astronaut_jpeg):
+    """Celery cannot interrupt a thread: the runner's deadline, checked between stages, fails the job."""
+    with threads_node(stack, settings, "threads") as threads:
+        job_id = accepted(stack, with_fault(astronaut_jpeg, "slow", 8))
+        record = finished(store, job_id, timeout_s=30)
+        assert record.status is JobStatus.FAILED and record.error["code"] == "timeout", record.error
+        assert "6 s limit" in record.error["message"]
+        assert pid_of(record) == threads.process.pid  # ran in the threads node's one process
+        healthy = finished(store, accepted(stack, astronaut_jpeg))
+        assert healthy.status is JobStatus.SUCCEEDED and pid_of(healthy) == threads.process.pid
 
 
 def test_hard_time_limit_in_a_threads_pool_ends_the_process(stack, settings, store, astronaut_jpeg):
     """A thread stuck past the hard limit cannot be stopped: the watchdog records the job as timed out and
     ends the node's process (its restart policy starts it again; here the test does)."""
-    threads = start_workers(
-        stack.env,
-        concurrency=2,
-        queues=settings.queue,
-        log_path=stack.root / "log" / "threads-stuck.log",
-        name="threads-stuck",
-        pool="threads",
-    )
-    try:
-        wait_for(lambda: "ready" in threads.log_text(), 90, "the threads-pool worker")
-        with paused(settings):  # only the threads node takes jobs now
-            job_id = accepted(stack, with_fault(astronaut_jpeg, "stuck", 60))
-            assert pid_of(running(store, job_id)) == threads.process.pid
-            record = finished(store, job_id, timeout_s=30)
-            assert record.status is JobStatus.FAILED and record.error["code"] == "timeout", record.error
-            assert "9 s hard limit" in record.error["message"]
-            # Counted from the task's start, which is before the record's (a threads node loads its models then).
-            assert 7 <= record.finished_at - record.started_at < 13
-            wait_for(lambda: not threads.alive(), 10, "the stuck node's process to end")
-            assert threads.process.returncode == -signal.SIGKILL
-            time.sleep(2)
-            assert store.get(job_id).status is JobStatus.FAILED  # recorded once, not redelivered as a new run
-    finally:
-        threads.stop()
+    with threads_node(stack, settings, "threads-stuck") as threads:
+        job_id = accepted(stack, with_fault(astronaut_jpeg, "stuck", 60))
+        assert pid_of(running(store, job_id)) == threads.process.pid
+        record = finished(store, job_id, timeout_s=30)
+        assert record.status is JobStatus.FAILED and record.error["code"] == "timeout", record.error
+        assert "9 s hard limit" in record.error["message"]
+        # Counted from the task's start, which is before the record's (a threads node loads its models then).
+        assert 7 <= record.finished_at - record.started_at < 13
+        wait_for(lambda: not threads.alive(), 10, "the stuck node's process to end")
+        assert threads.process.returncode == -signal.SIGKILL
+        time.sleep(2)
+        assert store.get(job_id).status is JobStatus.FAILED  # recorded once, not redelivered as a new run
 
 
 def test_hard_time_limit_fails_with_timeout_and_replaces_the_process(stack, store, astronaut_jpeg):
