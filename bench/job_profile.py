@@ -81,6 +81,11 @@ class PartMeter:
 
         setattr(owner, attribute, timed)
 
+    def wrap_all(self, calls: list[tuple[object, str, str]]) -> None:
+        """``wrap`` for each (owner, attribute, part)."""
+        for owner, attribute, part in calls:
+            self.wrap(owner, attribute, part)
+
     def reset(self) -> None:
         self.cpu.clear()
         self.wall.clear()
@@ -122,15 +127,16 @@ def instrument_api(app, services: Services, meter: PartMeter) -> None:
     """The API's parts of a submission; ``request`` is the whole WSGI call."""
     import api.submission
 
-    for owner, attribute, part in (
-        (api.submission, "probe_image", "probe"),
-        (services.jobs, "queue_depth", "queue depth"),
-        (services.uploads, "put", "upload put"),
-        (services.jobs, "create", "record"),
-        (api.submission, "enqueue", "queue message"),
-        (app, "wsgi_app", "request"),
-    ):
-        meter.wrap(owner, attribute, part)
+    meter.wrap_all(
+        [
+            (api.submission, "probe_image", "probe"),
+            (services.jobs, "queue_depth", "queue depth"),
+            (services.uploads, "put", "upload put"),
+            (services.jobs, "create", "record"),
+            (api.submission, "enqueue", "queue message"),
+            (app, "wsgi_app", "request"),
+        ]
+    )
 
 
 def main() -> int:
@@ -138,7 +144,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=60, help="jobs per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--size", default="2000x1125", help="WIDTHxHEIGHT of the JPEG (quality 90)")
-    parser.add_argument("--cprofile", action="store_true", help="the costliest functions outside the pipeline")
+    parser.add_argument("--cprofile", action="store_true", help="the costliest functions over one round of jobs")
     args = parser.parse_args()
     width, height = (int(n) for n in args.size.split("x"))
     image = jpeg(width, height)
@@ -163,15 +169,16 @@ def main() -> int:
         )
         runner.leases.start()
         meter = PartMeter()
-        for owner, attribute, part in (
-            (runner.jobs, "start", "start"),
-            (runner.uploads, "get", "upload get"),
-            (runner.pipeline, "process", "pipeline"),
-            (runner.storage, "put", "result put"),
-            (runner.jobs, "succeed", "finish"),
-            (runner.uploads, "delete", "inputs delete"),
-        ):
-            meter.wrap(owner, attribute, part)
+        meter.wrap_all(
+            [
+                (runner.jobs, "start", "start"),
+                (runner.uploads, "get", "upload get"),
+                (runner.pipeline, "process", "pipeline"),
+                (runner.storage, "put", "result put"),
+                (runner.jobs, "succeed", "finish"),
+                (runner.uploads, "delete", "inputs delete"),
+            ]
+        )
         for job_id in submit(client, image, 4):  # warm-up: connections, caches, the allocator
             runner.run(job_id)
             pipeline.process(image, JobParams())
