@@ -73,7 +73,11 @@ def test_the_sentinel_broker_survives_a_channel_whose_connection_closed():
     import redis
 
     from backdrop.service.queue import make_celery
-    from backdrop.service.redis_client import FailoverSafeSentinelChannel, FailoverSafeSentinelTransport
+    from backdrop.service.redis_client import (
+        BrokerTransport,
+        FailoverSafeSentinelChannel,
+        FailoverSafeSentinelTransport,
+    )
 
     settings = Settings.from_env(
         {"BACKDROP_REDIS_URL": "redis://:pw@unused:6379/0", "BACKDROP_REDIS_SENTINELS": "10.0.0.5:26380"}
@@ -91,4 +95,5 @@ def test_the_sentinel_broker_survives_a_channel_whose_connection_closed():
     channel.connection = Closed()  # type: ignore[assignment]
     with pytest.raises(redis.ConnectionError):
         channel._get_pool()
-    assert make_celery(Settings.from_env({"BACKDROP_REDIS_URL": "redis://x/0"})).conf.broker_transport is None
+    plain = make_celery(Settings.from_env({"BACKDROP_REDIS_URL": "redis://x/0"})).connection_for_write()
+    assert type(plain.transport) is BrokerTransport  # one server: the plain transport, with the reused client

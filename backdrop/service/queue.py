@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from backdrop.service.redis_client import SENTINEL_TRANSPORT, broker
+from backdrop.service.redis_client import REDIS_TRANSPORT, SENTINEL_TRANSPORT, broker
 from backdrop.settings import Settings
 
 PROCESS_TASK = "backdrop.process_job"
@@ -55,8 +55,8 @@ def make_celery(settings: Settings) -> Celery:
             "health_check_interval": 5,
             **transport_options,
         },
-        # With Sentinel, kombu's Sentinel transport with one fix (redis_client.FailoverSafeSentinelChannel).
-        broker_transport=SENTINEL_TRANSPORT if settings.redis_sentinels else None,
+        # kombu's Redis transports with our fixes (redis_client.ReusedClientChannel, FailoverSafeSentinelChannel).
+        broker_transport=SENTINEL_TRANSPORT if settings.redis_sentinels else REDIS_TRANSPORT,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=2,
         broker_pool_limit=10,
