@@ -25,6 +25,7 @@ from backdrop.probe import probe_image
 from backdrop.service.jobs import JobRecord, JobStatus
 from backdrop.service.observability import JOBS_SUBMITTED, REPLICATION_UNCONFIRMED
 from backdrop.service.queue import PROCESS_TASK, VIDEO_TASK, enqueue
+from backdrop.service.uploads import background_name
 from backdrop.service.webhooks import checked_callback_url
 from backdrop.settings import Settings
 from backdrop.video.probe import VideoError, VideoInfo, probe_video
@@ -140,7 +141,7 @@ def accept(svc: Services, submission: Submission, owner: str | None) -> JobRecor
             params=params,
             created_at=time.time(),
             input_key=input_key,
-            background_key=svc.uploads.put(f"{job_id}-background", background) if background is not None else None,
+            background_key=svc.uploads.put(background_name(job_id), background) if background is not None else None,
             owner=owner,
             source=source.as_dict() if source is not None else None,
             callback_url=submission.callback_url,

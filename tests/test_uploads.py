@@ -138,3 +138,52 @@ def test_a_put_is_one_plain_request_stores_bytes_and_type_and_a_refusal_says_why
         wrong.put(key, body, "image/webp")
     with pytest.raises(ObjectNotFound):
         storage.get(key)
+
+
+def counting_sends(connection) -> list:
+    """What ``connection`` sends from now on (one entry per write to its socket)."""
+    sent: list = []
+    send = connection.send_packed_command
+
+    def counted(command, *args, **kwargs):
+        sent.append(command)
+        return send(command, *args, **kwargs)
+
+    connection.send_packed_command = counted
+    return sent
+
+
+def test_a_worker_reads_an_inline_upload_in_the_round_trip_that_starts_its_job(settings):
+    """``JobStore.start(read_also=inline_keys(job))``: the start script and the uploads' GETs go as one
+    pipeline, without redis-py's SCRIPT EXISTS first; after the server lost its scripts, once more apart."""
+    import time
+
+    from backdrop.params import JobParams, MediaKind
+    from backdrop.service.jobs import JobRecord, JobStatus, JobStore
+    from backdrop.service.uploads import inline_keys
+
+    uploads = Uploads.connect(settings, open_storage(settings))
+    jobs = JobStore.connect(settings.redis_url, ttl_s=600)
+    photo = bytes(range(256)) * 3  # not UTF-8: read undecoded on the job store's decoding client
+    for flush_scripts in (True, False):  # the first start loads the script again
+        job_id = uuid.uuid4().hex
+        locator = uploads.put(job_id, photo)
+        params = JobParams.parse({}, MediaKind.IMAGE)
+        jobs.create(JobRecord(job_id, JobStatus.QUEUED, params, time.time(), input_key=locator))
+        if flush_scripts:
+            jobs.redis.script_flush()
+        connection = jobs.redis.connection_pool.get_connection()
+        jobs.redis.connection_pool.release(connection)  # the one the next command takes
+        sent = counting_sends(connection)
+        try:
+            decision = jobs.start(job_id, "w:1", 3, read_also=inline_keys(job_id))
+        finally:
+            del connection.send_packed_command
+        assert decision.action == "run" and decision.record.input_key == locator
+        assert decision.read == {inline_keys(job_id)[0]: photo, inline_keys(job_id)[1]: None}
+        assert uploads.get(locator, decision.read) == photo
+        # One pipeline; without the script: that, the script by its hash, its load, again, the reads.
+        assert len(sent) == (5 if flush_scripts else 1)
+        uploads.delete(locator)
+        with pytest.raises(ObjectNotFound):  # a read that found nothing is not read again
+            uploads.get(locator, {inline_keys(job_id)[0]: None})

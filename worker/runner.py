@@ -32,7 +32,7 @@ from backdrop.service.jobs import (
 from backdrop.service.observability import JOB_FAILURES, JOBS_PROCESSED, observe_stages
 from backdrop.service.queue import CHUNK_TASK, JOIN_TASK, PROCESS_TASK, VIDEO_TASK, takeover_lane
 from backdrop.service.storage import ObjectNotFound, Storage, StorageUnavailable
-from backdrop.service.uploads import Uploads
+from backdrop.service.uploads import Uploads, inline_keys
 from backdrop.settings import Settings
 from worker import faults
 from worker.leases import HeldLease, LeaseKeeper, LeaseLost
@@ -82,7 +82,9 @@ class JobRunner:
 
     def run(self, job_id: str) -> str:
         """Process ``job_id`` if it still needs processing; returns what happened (for logs and tests)."""
-        decision = self._with_retries(lambda: self.jobs.start(job_id, self.worker_id, self.settings.max_attempts))
+        decision = self._with_retries(
+            lambda: self.jobs.start(job_id, self.worker_id, self.settings.max_attempts, read_also=inline_keys(job_id))
+        )
         if decision.action == "exhausted":
             record = self._with_retries(lambda: self.jobs.get(job_id))
             if record is not None:
@@ -103,7 +105,7 @@ class JobRunner:
             return "skipped"
         try:
             with self.leases.hold(lease) as held:
-                return self._process(record, held)
+                return self._process(record, held, decision.read)
         except LeaseLost:
             log.warning("job %s: taken over by another worker; this attempt's work is dropped", job_id)
             return "fenced"
@@ -168,15 +170,15 @@ class JobRunner:
         except (StorageUnavailable, BrokerUnavailable):
             log.warning("job %s: inputs could not be deleted now; they expire with the job", record.id)
 
-    def _process(self, record: JobRecord, held: HeldLease) -> str:
+    def _process(self, record: JobRecord, held: HeldLease, read: dict[str, bytes | None]) -> str:
         started = time.perf_counter()
         # Checked between stages: the time limit in a threads pool, where Celery's limits do not apply.
         limit_s = self.settings.task_soft_time_limit_s
         deadline = time.monotonic() + limit_s
-        image = self._with_retries(lambda: self.uploads.get(record.input_key))
+        image = self._with_retries(lambda: self.uploads.get(record.input_key, read))
         background = None
         if record.background_key:
-            background = self._with_retries(lambda: self.uploads.get(record.background_key or ""))
+            background = self._with_retries(lambda: self.uploads.get(record.background_key or "", read))
         fetched = time.perf_counter()
         if self.settings.fault_injection:
             faults.inject(image)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import redis
 from kombu.transport.redis import PRIORITY_STEPS as KOMBU_PRIORITY_STEPS
 from kombu.transport.redis import Channel as KombuRedisChannel
+from redis.client import NEVER_DECODE
 
 from backdrop.errors import BackdropError
 from backdrop.params import JobParams, MediaKind
@@ -408,6 +409,8 @@ class StartDecision:
     action: str
     attempt: int
     record: JobRecord | None = None  # with ``run``: the job as it starts
+    # The keys ``start(read_also=...)`` named, read in the same round trip: their values as bytes (None: none).
+    read: dict[str, bytes | None] = field(default_factory=dict)
 
     @property
     def lease(self) -> Lease | None:
@@ -645,15 +648,38 @@ class JobStore:
         ]
         return bool(guard_redis(lambda: self._update(keys=[KEY_PREFIX + record.id], args=args)))
 
-    def start(self, job_id: str, worker: str, max_attempts: int) -> StartDecision:
+    def start(self, job_id: str, worker: str, max_attempts: int, *, read_also: Sequence[str] = ()) -> StartDecision:
+        """Start an attempt at ``job_id`` if its message is still the job's to run; ``read_also``: keys whose
+        values the attempt will need (the job's uploads in Redis), read in the same round trip."""
         keys = [KEY_PREFIX + job_id, RUNNING_SET, QUEUED_SET, lease_key(job_id, RUN_PART), LEASES_SET]
         args = [json.dumps(time.time()), json.dumps(worker), max_attempts, job_id, self._lease_ms]
-        action, attempt, *fields = guard_redis(lambda: self._start(keys=keys, args=args))
+        (action, attempt, *fields), values = guard_redis(lambda: self._start_and_read(keys, args, read_also))
         record = None
         if fields:  # HGETALL's flat field, value list
             flat = fields[0]
             record = JobRecord.from_hash(dict(zip(flat[::2], flat[1::2], strict=True)))
-        return StartDecision(action=str(action).strip('"'), attempt=int(attempt), record=record)
+        read = dict(zip(read_also, values, strict=True))
+        return StartDecision(action=str(action).strip('"'), attempt=int(attempt), record=record, read=read)
+
+    def _start_and_read(self, keys: list[str], args: list[Any], read_also: Sequence[str]) -> tuple[list, list]:
+        """The start script, then GETs of ``read_also`` (undecoded), in one round trip. redis-py's scripts in
+        a pipeline ask SCRIPT EXISTS first, a round trip of its own, so the script goes by its hash; once
+        after the server lost its scripts (a restart, a failover) the script is loaded and the keys read."""
+        if not read_also:
+            return self._start(keys=keys, args=args), []
+        try:
+            with self._redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._start.sha, len(keys), *keys, *args)
+                for key in read_also:
+                    pipe.execute_command("GET", key, **{NEVER_DECODE: True})
+                answer, *values = pipe.execute()
+            return answer, values
+        except redis.exceptions.NoScriptError:
+            answer = self._start(keys=keys, args=args)
+            with self._redis.pipeline(transaction=False) as pipe:
+                for key in read_also:
+                    pipe.execute_command("GET", key, **{NEVER_DECODE: True})
+                return answer, pipe.execute()
 
     def finish(self, record: JobRecord, lease: Lease | None = None) -> bool:
         """Record ``record``'s terminal state if the job is still running and, with ``lease``, if that

@@ -14,6 +14,7 @@ the job TTL) gives its bytes back the next time an upload is stored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -80,6 +81,17 @@ return 1
 )
 
 
+def background_name(job_id: str) -> str:
+    """The name a photo job's background image is stored under (its photo's is the job id)."""
+    return f"{job_id}-background"
+
+
+def inline_keys(job_id: str) -> list[str]:
+    """The Redis keys of a photo job's uploads, where they are kept inline: a worker reads them in the round
+    trip that starts the job (``JobStore.start(read_also=...)``) and hands them to :meth:`Uploads.get`."""
+    return [INLINE_PREFIX + job_id, INLINE_PREFIX + background_name(job_id)]
+
+
 class Uploads:
     def __init__(
         self,
@@ -132,10 +144,12 @@ class Uploads:
         else:
             self._storage.get_file(locator, destination)
 
-    def get(self, locator: str) -> bytes:
-        """The upload's bytes; :class:`ObjectNotFound` once it was deleted or expired."""
+    def get(self, locator: str, read: Mapping[str, bytes | None] | None = None) -> bytes:
+        """The upload's bytes; :class:`ObjectNotFound` once it was deleted or expired. ``read``: Redis keys'
+        values read already (``inline_keys``), so an inline upload among them costs no round trip."""
         if locator.startswith(INLINE_SCHEME):
-            data = guard_redis(lambda: self._redis.get(locator.removeprefix(INLINE_SCHEME)))
+            key = locator.removeprefix(INLINE_SCHEME)
+            data = read[key] if read and key in read else guard_redis(lambda: self._redis.get(key))
             if data is None:
                 raise ObjectNotFound(f"no upload {locator}")
             return bytes(data)
