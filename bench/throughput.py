@@ -331,11 +331,31 @@ def _pipeline_loop(
 SINGLE_GAP_S = 0.03
 
 
+def _spin(cpus: set[int], duty: float, start: float, until: float) -> None:
+    """Keep ``cpus`` busy ``duty`` of the time (a spin loop, 10 ms periods) from ``start`` to ``until``."""
+    os.sched_setaffinity(0, cpus)
+    period = 0.01
+    while time.time() < start:
+        time.sleep(0.005)
+    while (now := time.time()) < until:
+        busy_until = now + duty * period
+        while time.time() < busy_until:
+            pass
+        time.sleep(max(0.0, period - duty * period))
+
+
 def bare_pipeline(
-    image: bytes, processes: int, seconds: float = 6, cpus: set[int] | None = None, singles: int = 0
+    image: bytes,
+    processes: int,
+    seconds: float = 6,
+    cpus: set[int] | None = None,
+    singles: int = 0,
+    neighbour: tuple[set[int], float] | None = None,
 ) -> tuple[float, float, list[float]]:
     """Images/s of the pipeline alone in ``processes`` processes at once (no servers, no queue; on ``cpus``
-    if given), its CPU ms per image, and with ``singles`` the ms of that many images run one at a time."""
+    if given), its CPU ms per image, and with ``singles`` the ms of that many images run one at a time.
+    ``neighbour``: other cores and a share of their time to keep busy meanwhile (what the servers took of
+    them while the service ran beside a worker on ``cpus``)."""
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters: no fork of this threaded process
     rates = spawn.Queue()
     start = time.time() + 20  # every process has loaded its models and warmed up by then
@@ -343,9 +363,13 @@ def bare_pipeline(
         spawn.Process(target=_pipeline_loop, args=(image, seconds, start, rates, cpus, singles))
         for _ in range(processes)
     ]
+    if neighbour:
+        # One spinner per core: the share is of each core's time.
+        until = start + seconds + singles * (SINGLE_GAP_S + 0.3) + 5
+        workers += [spawn.Process(target=_spin, args=({core}, neighbour[1], start, until)) for core in neighbour[0]]
     for worker in workers:
         worker.start()
-    results = [rates.get(timeout=120) for _ in workers]
+    results = [rates.get(timeout=120) for _ in range(processes)]
     for worker in workers:
         worker.join()
     return (
@@ -512,7 +536,7 @@ def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
             runs: dict[Config, list] = {config: [] for config in configs}
             singles: dict[Config, list[float]] = {config: [] for config in configs}
             in_jobs: dict[Config, list[float]] = {config: [] for config in configs}
-            bare_runs, bare_singles = [], []
+            bare_runs, bare_singles, loaded_runs, loads = [], [], [], []
             for _ in range(args.repeat):
                 *bare_run, alone = bare_pipeline(image, 1, cpus={worker_core}, singles=max(5, count // 8))
                 bare_runs.append(bare_run)
@@ -522,10 +546,18 @@ def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
                     runs[config].append(bench.burst(image, count, 1))
                     in_jobs[config] += bench.pipeline_ms
                     singles[config] += hosts.call("client", one_at_a_time, hosted.api_url, image, max(5, count // 8))
+                # The bare pipeline again, with the other cores as busy as the first configuration's servers
+                # and client kept them (the service's neighbour load, as a spin loop).
+                rate, _, cpu = runs[configs[0]][-1]
+                busy = sum(cpu[name] for name in ("api", "store", "client")) * rate / 1e3 / len(others)
+                loads.append(min(1.0, busy))
+                loaded_runs.append(bare_pipeline(image, 1, cpus={worker_core}, neighbour=(set(others), loads[-1])))
             bare[label] = (
                 statistics.median(r for r, _ in bare_runs),
                 statistics.median(c for _, c in bare_runs),
                 statistics.median(bare_singles),
+                statistics.median(r for r, _, _ in loaded_runs),
+                statistics.median(loads),
             )
             for config in configs:
                 rate = statistics.median(r for r, _, _ in runs[config])
@@ -534,13 +566,14 @@ def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
                 cpu["pipeline in jobs"] = statistics.median(in_jobs[config])  # wall ms, not CPU
                 rows.append((label, config, rate, statistics.median(single), percentile(single, 0.95), cpu))
     print(f"\n{'size':>7} {'worker':>18} {'bare img/s':>10} {'jobs/s':>7} {'efficiency':>10} {'bare ms':>8}"
-          f" {'p50 ms':>7} {'p95 ms':>7} {'overhead p50':>12} {'bare alone':>10} {'overhead':>8}")  # fmt: skip
+          f" {'p50 ms':>7} {'p95 ms':>7} {'overhead p50':>12} {'bare alone':>10} {'overhead':>8}"
+          f" {'bare+load':>9} {'load':>5} {'eff. vs it':>10}")  # fmt: skip
     for label, config, rate, p50, p95, _ in rows:
-        bare_rate = bare[label][0]
+        bare_rate, _, alone, loaded_rate, load = bare[label]
         bare_ms = 1e3 / bare_rate
         print(f"{label:>7} {config_name(config):>18} {bare_rate:10.2f} {rate:7.2f} {rate / bare_rate:10.2f}"
-              f" {bare_ms:8.1f} {p50:7.1f} {p95:7.1f} {p50 - bare_ms:12.1f} {bare[label][2]:10.1f}"
-              f" {p50 - bare[label][2]:8.1f}")  # fmt: skip
+              f" {bare_ms:8.1f} {p50:7.1f} {p95:7.1f} {p50 - bare_ms:12.1f} {alone:10.1f}"
+              f" {p50 - alone:8.1f} {loaded_rate:9.2f} {load:5.2f} {rate / loaded_rate:10.2f}")  # fmt: skip
     parts = ("worker", "worker main", "api", "store", "client")
     print(f"\nCPU ms per job {'':>11}" + "".join(f"{name:>12}" for name in parts) + f"{'bare':>9}{'extra':>9}")
     for label, config, *_, cpu in rows:
@@ -555,7 +588,8 @@ def across_hosts(args: argparse.Namespace, images: dict[str, bytes]) -> int:
     print(" bare ms; worker main: the node's main process alone, included in worker; extra: worker - bare;")
     print(" pipeline in jobs: the stages' times the jobs recorded, median, against the bare pipeline's time;")
     print(f" bare alone: the bare pipeline's p50 with {SINGLE_GAP_S * 1e3:.0f} ms between images, as single jobs come;")
-    print(" the last overhead: p50 - bare alone)")
+    print(" the last overhead: p50 - bare alone; bare+load: the bare pipeline's img/s while a spin loop keeps")
+    print(" the other core(s) busy the share ('load') the first configuration's API, store and client used)")
     return 0
 
 
