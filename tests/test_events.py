@@ -53,3 +53,24 @@ def test_a_quiet_but_healthy_subscription_is_kept(server):
     with EndsSubscription(settings) as subscription:
         for _ in range(int(SILENT_AFTER_S) + 3):  # longer than the silence limit, with nothing published
             assert subscription.next_end(1.0) is None
+
+
+def test_only_jobs_with_a_webhook_wake_the_webhook_threads(server):
+    """Every end is told on ENDED_CHANNEL; only an end with a webhook to deliver on WEBHOOK_CHANNEL, so
+    the workers' webhook threads do not wake (and read the outbox) for every job of the fleet."""
+    import time as clock
+
+    from backdrop.params import JobParams, MediaKind
+    from backdrop.service.jobs import WEBHOOK_CHANNEL, JobRecord, JobStatus, JobStore
+
+    _, settings, _ = server
+    jobs = JobStore.connect(settings.redis_url, ttl_s=600)
+    params = JobParams.parse({}, MediaKind.IMAGE)
+    with EndsSubscription(settings) as ends, EndsSubscription(settings, WEBHOOK_CHANNEL) as webhooks:
+        for job_id, callback in (("plain", None), ("hooked", "http://127.0.0.1:9/hook")):
+            record = JobRecord(job_id, JobStatus.QUEUED, params, clock.time(), "inputs/x", callback_url=callback)
+            jobs.create(record)
+            started = jobs.start(job_id, "w:1", 3)
+            assert jobs.succeed(started.record, started.lease)
+        assert [end for _ in range(10) if (end := ends.next_end(0.2))][:2] == ["plain", "hooked"]
+        assert [end for _ in range(10) if (end := webhooks.next_end(0.2))] == ["hooked"]

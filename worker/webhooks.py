@@ -2,12 +2,13 @@
 Webhooks, ``backdrop.service.webhooks``), at least once.
 
 The job's end puts it in the outbox (a sorted set, written by the same Lua script as the terminal state)
-and publishes its id. Every worker process runs a :class:`WebhookDispatcher` thread that hears that at
-once and delivers whatever is due in the outbox; one attempt at a time per job (a lock), whichever
-process is first. A failed attempt (timeout, connection error, 5xx, 408 or 429) is tried again after
-an exponential backoff with jitter (1 s doubling to 5 min), for ``BACKDROP_WEBHOOK_RETRY_FOR_S`` after
-the first; another 4xx, or an address now refused, ends it. Redirects are never followed. The state of
-the delivery (attempts, last status, delivered_at) is kept in the job's record and counted in metrics.
+and publishes its id on the webhook channel (a job without a webhook wakes no one there). Every worker
+process runs a :class:`WebhookDispatcher` thread that hears that at once and delivers whatever is due in
+the outbox; one attempt at a time per job (a lock), whichever process is first. A failed attempt
+(timeout, connection error, 5xx, 408 or 429) is tried again after an exponential backoff with jitter
+(1 s doubling to 5 min), for ``BACKDROP_WEBHOOK_RETRY_FOR_S`` after the first; another 4xx, or an
+address now refused, ends it. Redirects are never followed. The state of the delivery (attempts, last
+status, delivered_at) is kept in the job's record and counted in metrics.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import urllib3
 
 from backdrop.service.events import EndsSubscription
 from backdrop.service.job_view import job_view
-from backdrop.service.jobs import JobStore
+from backdrop.service.jobs import WEBHOOK_CHANNEL, JobStore
 from backdrop.service.observability import WEBHOOK_DELIVERIES
 from backdrop.service.storage import Storage
 from backdrop.service.webhooks import CallbackRefused, Target, resolve_callback, signature
@@ -183,12 +184,12 @@ class WebhookDispatcher:
     def _run(self) -> None:
         while True:
             try:
-                with EndsSubscription(self.deliverer.settings) as subscription:
+                with EndsSubscription(self.deliverer.settings, WEBHOOK_CHANNEL) as subscription:
                     while True:
                         self.deliver_due()
                         due = self.deliverer.jobs.next_webhook_due()
                         wait = IDLE_WAKE_S if due is None else min(IDLE_WAKE_S, max(0.0, due - time.time()))
-                        subscription.next_end(wait)  # a job ended (anyone's), or a retry is due
+                        subscription.next_end(wait)  # a job with a webhook ended, or a retry is due
             except Exception as exc:
                 log.warning("webhook dispatcher: %s; starting again", exc)
                 time.sleep(RESTART_DELAY_S)

@@ -35,10 +35,11 @@ SILENT_AFTER_S = 6.0
 
 
 class EndsSubscription:
-    """A subscription to ``ENDED_CHANNEL`` on a connection of its own (no read timeout: it is quiet between
-    jobs) that notices a server gone silent. Call :meth:`next_end` at least every few seconds."""
+    """A subscription to ``channel`` (``ENDED_CHANNEL``: every job's end; ``WEBHOOK_CHANNEL``: the ends of
+    jobs with a webhook) on a connection of its own (no read timeout: it is quiet between jobs) that
+    notices a server gone silent. Call :meth:`next_end` at least every few seconds."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, channel: str = ENDED_CHANNEL) -> None:
         # Held for the subscription's life: a client that is garbage-collected closes its pool, and with it
         # the subscriber's connection.
         self._client = connect_redis(
@@ -51,7 +52,7 @@ class EndsSubscription:
         self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         self._answered_at = time.monotonic()
         try:
-            self._pubsub.subscribe(ENDED_CHANNEL)
+            self._pubsub.subscribe(channel)
         except BaseException:
             self.close()
             raise

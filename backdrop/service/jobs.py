@@ -49,6 +49,9 @@ JOIN_PART = "join"
 # Every terminal transition publishes the job's id here (in the same script): the API's waiting
 # requests are told at once (``backdrop.service.events``).
 ENDED_CHANNEL = "backdrop:job-ended"
+# A job that ended with a webhook to deliver publishes its id here too: the workers' webhook threads
+# listen here, not to every job's end (each of them would wake, and read the outbox, for every job).
+WEBHOOK_CHANNEL = "backdrop:webhook-due"
 # Finished jobs with a callback_url whose webhook is not delivered yet, by when the next attempt is due
 # (the outbox: a delivery lost with its worker is found here again).
 WEBHOOK_DUE_SET = "backdrop:webhooks-due"
@@ -198,12 +201,15 @@ class JobRecord:
 
 # What every terminal transition does besides writing the record: counts it (``ends``: an audit finds a
 # job that ended twice), tells the API's waiting requests, and puts a job with a callback_url in the
-# webhook outbox (KEYS[1] job, KEYS[#KEYS] outbox; job id, now).
+# webhook outbox and tells the webhook threads (KEYS[1] job, KEYS[#KEYS] outbox; job id, now).
 _ENDED = f"""
 local function ended(job_key, outbox, job_id, now)
   redis.call('HINCRBY', job_key, 'ends', 1)
   redis.call('PUBLISH', '{ENDED_CHANNEL}', job_id)
-  if redis.call('HEXISTS', job_key, 'callback_url') == 1 then redis.call('ZADD', outbox, now, job_id) end
+  if redis.call('HEXISTS', job_key, 'callback_url') == 1 then
+    redis.call('ZADD', outbox, now, job_id)
+    redis.call('PUBLISH', '{WEBHOOK_CHANNEL}', job_id)
+  end
 end
 """
 
