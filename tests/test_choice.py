@@ -12,6 +12,7 @@ from backdrop.pipeline.choice import (
     choose_regions,
     keep_subjects,
     settle_subjects,
+    share_out,
     sharpness,
     with_a_body,
 )
@@ -87,6 +88,26 @@ def test_regions_of_people_let_go_are_dropped_and_a_shared_region_is_shared_out(
     assert kept[150:300, 300:340].max() == 0.0
     assert kept[125:175, 165:200].max() == 0.0  # the part nearer the hidden person's head and torso
     assert kept[250:300, 141:146].min() == 1.0  # the subject's side of the shared region
+
+
+def test_a_shared_region_parts_along_the_valley_between_two_people_not_at_their_seeds_midpoint():
+    probability = np.ones((100, 300), np.float32)
+    probability[:, 200:210] = 0.7  # where the two people's outlines meet, the model is less sure
+    inside = np.ones_like(probability, bool)
+    left, right = np.zeros_like(inside), np.zeros_like(inside)
+    left[40:60, 0:20] = True  # seeds far apart: their straight midpoint (x 150) is on the left person
+    right[40:60, 280:300] = True
+    owners = share_out(probability, inside, [left, right])
+    assert (owners[:, :200] == 0).all() and (owners[:, 210:] == 1).all()
+    assert 0 < np.count_nonzero(owners[:, 200:210] == 0) < owners[:, 200:210].size  # the valley split
+    # Without a valley, one plateau: the people meet halfway along it.
+    owners = share_out(np.ones_like(probability), inside, [left, right])
+    assert (owners[:, :140] == 0).all() and (owners[:, 160:] == 1).all()
+    # A seed inside another's (a head-and-torso box on the outline of the person in front) keeps its part.
+    box = np.zeros_like(inside)
+    box[30:70, 240:260] = True
+    owners = share_out(np.ones_like(probability), inside, [inside.copy(), box])
+    assert (owners[30:70, 240:260] == 1).all() and (owners[:, :200] == 0).all()
 
 
 def test_a_region_nobody_was_seen_in_goes_when_small_beside_the_subjects():

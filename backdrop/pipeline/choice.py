@@ -38,6 +38,9 @@ BODY_MIN_SHARE = 0.3
 # In a clip, a person who was a subject stays one until clearly out: the thresholds are this much lower
 # for them (no one popping in and out of the subject between frames).
 STAY = 0.8
+# A region shared by several people is shared out by flooding the subject probability from each person's
+# seed, level by level from the top (see share_out): a valley between two people below a level parts them.
+SHARE_LEVELS = (0.95, 0.85, 0.75, 0.65, 0.5)
 # Sharpness is compared on faces brought to one size: this, or the smaller face's width (not below the
 # minimum: a face of a few pixels has no detail to compare).
 SHARPNESS_SIDE = 48
@@ -141,8 +144,9 @@ def keep_subjects(probability: np.ndarray, people: list[Person], choice: Choice,
     """``probability`` (work resolution) without the people who are not subjects.
 
     Regions of the probability (at 0.5) that hold only people let go are dropped; a region shared by
-    subjects and others (someone partly hidden behind the subject) is shared out: each pixel goes to the
-    person whose seed (their own segmentation, else a head-and-torso box) is nearest. A region with
+    subjects and others (someone partly hidden behind the subject) is shared out: each person's part grows
+    from their seed (their own segmentation, else a head-and-torso box) along the probability's heights
+    (see share_out). A region with
     nobody detected in it is dropped when small beside the subjects' (see ORPHAN_MAX_SHARE).
     ``scale``: work pixels per image pixel of the people's coordinates."""
     if not people or choice.main is None:
@@ -179,13 +183,43 @@ def keep_subjects(probability: np.ndarray, people: list[Person], choice: Choice,
         dropped = cv2.dilate(drop[labels].astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
         result[dropped & ~np.isin(labels, np.flatnonzero(~drop & (np.arange(count) > 0)))] = 0.0
     for region in shared:
-        inside = labels == region
         members = sorted(holders[region])
-        distances = np.stack([cv2.distanceTransform((~seeds[i]).astype(np.uint8), cv2.DIST_L2, 3) for i in members])
-        nearest = np.asarray(members)[distances.argmin(axis=0)]
-        let_go = inside & ~np.asarray(choice.subjects)[nearest]
-        result[let_go] = 0.0
+        x, y, w, h = (int(v) for v in stats[region, :4])
+        crop = (slice(y, y + h), slice(x, x + w))
+        owners = share_out(probability[crop], labels[crop] == region, [seeds[i][crop] for i in members])
+        let_go = ~np.asarray([choice.subjects[i] for i in members])[owners]
+        result[crop][(labels[crop] == region) & let_go] = 0.0
     return result
+
+
+def share_out(probability: np.ndarray, inside: np.ndarray, seeds: list[np.ndarray]) -> np.ndarray:
+    """Which of the people (index into ``seeds``) each pixel of a region (``inside``) belongs to: their
+    regions grow from their seeds through the probability from its heights down (a watershed by
+    immersion, one flooding per level of SHARE_LEVELS), so two people meet along the probability's valley
+    between them, or where a plateau joins them, halfway along it, not at the straight midpoint of their
+    seeds. A pixel no flooding reached (cut off at every level) goes to the nearest seed."""
+    height, width = inside.shape
+    owners = np.zeros((height + 2, width + 2), np.int32)  # 0: not yet anyone's; 1..n: seeds[i - 1]
+    # Smaller seeds painted last: a head-and-torso box inside another person's outline keeps its pixels.
+    for index in sorted(range(len(seeds)), key=lambda i: -int(np.count_nonzero(seeds[i]))):
+        owners[1:-1, 1:-1][seeds[index] & inside] = index + 1
+    outside = len(seeds) + 1
+    for level in SHARE_LEVELS:
+        allowed = np.zeros((height + 2, width + 2), bool)
+        allowed[1:-1, 1:-1] = inside & (probability >= level)
+        markers = owners.copy()
+        markers[~allowed & (owners == 0)] = outside
+        # OpenCV floods by the colour step between neighbours: zero inside this level, the largest step
+        # into what lies below it, so the people fill this level before anything else floods.
+        image = np.where(allowed, 0, 255).astype(np.uint8)
+        cv2.watershed(cv2.merge([image, image, image]), markers)
+        grown = allowed & (markers > 0) & (markers < outside) & (owners == 0)
+        owners[grown] = markers[grown]
+    owners = owners[1:-1, 1:-1]
+    if (left := inside & (owners == 0)).any():
+        distances = [cv2.distanceTransform((~seed).astype(np.uint8), cv2.DIST_L2, 3) for seed in seeds]
+        owners[left] = np.argmin(np.stack(distances), axis=0)[left] + 1
+    return np.maximum(owners, 1) - 1
 
 
 def choose_regions(class_mask: np.ndarray, mode: Subjects) -> np.ndarray:
