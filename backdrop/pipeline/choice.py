@@ -204,21 +204,21 @@ def share_out(probability: np.ndarray, inside: np.ndarray, seeds: list[np.ndarra
     for index in sorted(range(len(seeds)), key=lambda i: -int(np.count_nonzero(seeds[i]))):
         owners[1:-1, 1:-1][seeds[index] & inside] = index + 1
     outside = len(seeds) + 1
+    heights = np.zeros((height + 2, width + 2), np.float32)
+    heights[1:-1, 1:-1] = np.where(inside, probability, 0.0)
     for level in SHARE_LEVELS:
-        allowed = np.zeros((height + 2, width + 2), bool)
-        allowed[1:-1, 1:-1] = inside & (probability >= level)
-        markers = owners.copy()
-        markers[~allowed & (owners == 0)] = outside
+        allowed = heights >= level
+        markers = np.where(allowed | (owners > 0), owners, outside)
         # OpenCV floods by the colour step between neighbours: zero inside this level, the largest step
         # into what lies below it, so the people fill this level before anything else floods.
         image = np.where(allowed, 0, 255).astype(np.uint8)
         cv2.watershed(cv2.merge([image, image, image]), markers)
-        grown = allowed & (markers > 0) & (markers < outside) & (owners == 0)
+        grown = allowed & (owners == 0) & (markers > 0) & (markers < outside)
         owners[grown] = markers[grown]
     owners = owners[1:-1, 1:-1]
     if (left := inside & (owners == 0)).any():
         distances = [cv2.distanceTransform((~seed).astype(np.uint8), cv2.DIST_L2, 3) for seed in seeds]
-        owners[left] = np.argmin(np.stack(distances), axis=0)[left] + 1
+        owners[left] = np.argmin(np.stack([distance[left] for distance in distances]), axis=0) + 1
     return np.maximum(owners, 1) - 1
 
 
