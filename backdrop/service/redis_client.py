@@ -76,9 +76,9 @@ def _sentinel_auth(username: str | None, password: str | None) -> dict[str, Any]
 
 class ReusedClientChannel(RedisChannel):
     """kombu's Redis channel, but one ``redis.Redis`` object per connection pool instead of a new one for
-    every publish, every acknowledgement and every delivery's unacknowledged-index update. Building one
-    copies redis-py's table of response callbacks: about 90 us of CPU, paid twice per job in a worker's main
-    process and once per submission in the API (docs/speed.md). The object holds no connection of its own
+    every acknowledgement and every delivery's unacknowledged-index update (and some publishes). Building one
+    copies redis-py's table of response callbacks: about 90 us of CPU, paid twice per job in a worker's
+    main process (docs/speed.md). The object holds no connection of its own
     (it borrows from the pool per command), so sharing it is what kombu's per-call objects already do."""
 
     _reused_client: tuple[Any, Any] | None = None
