@@ -447,6 +447,7 @@ class Pipeline:
             if confirming is None:  # the job's model names every class: its own masks are current
                 class_masks = {t: _resized_mask(m, work_w, work_h) for t, m in first.class_masks.items()}
         any_target = np.logical_or.reduce(list(class_masks.values()))
+        confirmed = any_target
         if history is not None and (last := history.previous()) is not None and last.shape == any_target.shape:
             # What the last frame kept was confirmed: between refreshes the confirming masks are older,
             # and someone walking moves off them.
@@ -478,7 +479,9 @@ class Pipeline:
         choice = None
         if with_people:
             probability = full_body_view(probability, people)
-            probability = separate_people(probability, people, to_work, margin=2 * scale)
+            # DeepLab's own person mask (the confirming pass), without the people's bodies added to it.
+            others_seen = confirmed if confirming is not None else None
+            probability = separate_people(probability, people, to_work, margin=2 * scale, others_seen=others_seen)
             gray = cv2.cvtColor(preview, cv2.COLOR_BGR2GRAY)
             probability, people, choice = settle_subjects(
                 probability, people, gray, to_work, params.subjects, fresh=fresh

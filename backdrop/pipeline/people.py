@@ -52,6 +52,9 @@ HINT_SEEN_SHARE = 0.25
 HINT_ENLARGE = 1.25
 # Between two people, background is what both their full-body segmentations put under this probability.
 GAP_MAX_PROBABILITY = 0.1
+# ... unless another model (DeepLab's person class) sees someone there: a region of it at least this share
+# of the smaller of the two bodies (a head and shoulders are about a fifth of a standing person).
+SOMEONE_MIN_SHARE = 0.2
 # A fresh detection is the same person as a tracked one when their regions overlap this much (IoU).
 TRACK_OVERLAP = 0.3
 # Pose landmarks: the nose, and the two auxiliary points (33, 34) that place the next region.
@@ -523,11 +526,19 @@ def regions_with_people(mask: np.ndarray, people: list[Person], scale: float) ->
     return held[labels]
 
 
-def separate_people(probability: np.ndarray, people: list[Person], scale: float, margin: float) -> np.ndarray:
+def separate_people(
+    probability: np.ndarray,
+    people: list[Person],
+    scale: float,
+    margin: float,
+    others_seen: np.ndarray | None = None,
+) -> np.ndarray:
     """``probability`` (work resolution) with the background between people taken out: where two people's
     full-body segmentations both say background, farther than ``margin`` work pixels from either body,
     inside the hull the two span (the grass between sitting people, the wall between standing ones that
-    the coarser whole-photo pass filled in). ``scale``: work pixels per image pixel of the people."""
+    the coarser whole-photo pass filled in), and where ``others_seen`` (another model's mask of the
+    targets, e.g. DeepLab's person class) does not see someone: people nobody detected, walking between
+    two who were, are not a gap. ``scale``: work pixels per image pixel of the people."""
     bodies = [person.segmentation for person in people if person.segmentation is not None]
     if len(bodies) < 2:
         return probability
@@ -555,6 +566,15 @@ def separate_people(probability: np.ndarray, people: list[Person], scale: float,
         if person.segmentation is None:
             near |= seed_of(person, width, height, scale)
     gap = (between > 0) & ~near & (anyone < GAP_MAX_PROBABILITY)
+    if others_seen is not None and gap.any():
+        # What the other model sees in the gap, region by region: at least a head and shoulders' worth of
+        # the smaller body is someone nobody detected (kept); less is the other model's coarse outline
+        # spilling between limbs and bodies (taken out).
+        seen = (gap & others_seen).astype(np.uint8)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(seen, connectivity=8)
+        smallest = min(int(np.count_nonzero(body)) for body in sure)
+        someone = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= SOMEONE_MIN_SHARE * smallest)
+        gap &= ~np.isin(labels, someone[someone > 0])
     return np.where(gap, np.minimum(probability, anyone), probability).astype(np.float32)
 
 
