@@ -125,6 +125,15 @@ def test_a_person_behind_the_subject_falls_into_the_background(evaluation, pipel
     assert main.subject.subjects.count(True) == 1
 
 
+@pytest.mark.parametrize(("photo", "floor"), [("248", 0.7), ("221", 0.88)])
+def test_people_nobody_detected_between_two_who_were_are_kept(evaluation, pipeline, photo, floor):
+    """A street (248: a walking pair between the two people detected) and a shop (221: the fourth friend):
+    the gap between two detected people was cut out with whoever stood in it (IoU 0.562 and 0.816 until
+    2026-12-07); DeepLab's person class sees them, so they stay."""
+    scene, reference = load_pair(evaluation / "person-masks", photo)
+    assert score_matte(pipeline.process_frame(scene, MASK).rendered, reference).iou > floor
+
+
 @pytest.mark.parametrize("photo", ["8", "18", "75", "88", "225"])
 def test_a_group_stays_together(evaluation, pipeline, photo):
     """Two or three people side by side: subjects=main keeps every one of them (the same mask as all)."""
