@@ -673,19 +673,21 @@ class JobStore:
         after the server lost its scripts (a restart, a failover) the script is loaded and the keys read."""
         if not read_also:
             return self._start(keys=keys, args=args), []
+
+        def read(pipe: redis.client.Pipeline) -> list:
+            for key in read_also:
+                pipe.execute_command("GET", key, **{NEVER_DECODE: True})
+            return pipe.execute()
+
         try:
             with self._redis.pipeline(transaction=False) as pipe:
                 pipe.evalsha(self._start.sha, len(keys), *keys, *args)
-                for key in read_also:
-                    pipe.execute_command("GET", key, **{NEVER_DECODE: True})
-                answer, *values = pipe.execute()
+                answer, *values = read(pipe)
             return answer, values
         except redis.exceptions.NoScriptError:
             answer = self._start(keys=keys, args=args)
             with self._redis.pipeline(transaction=False) as pipe:
-                for key in read_also:
-                    pipe.execute_command("GET", key, **{NEVER_DECODE: True})
-                return answer, pipe.execute()
+                return answer, read(pipe)
 
     def finish(self, record: JobRecord, lease: Lease | None = None) -> bool:
         """Record ``record``'s terminal state if the job is still running and, with ``lease``, if that
