@@ -146,8 +146,8 @@ def keep_subjects(probability: np.ndarray, people: list[Person], choice: Choice,
     Regions of the probability (at 0.5) that hold only people let go are dropped; a region shared by
     subjects and others (someone partly hidden behind the subject) is shared out: each person's part grows
     from their seed (their own segmentation, else a head-and-torso box) along the probability's heights
-    (see share_out). A region with
-    nobody detected in it is dropped when small beside the subjects' (see ORPHAN_MAX_SHARE).
+    (see share_out). A region with nobody detected in it is dropped when small beside the subjects' (see
+    ORPHAN_MAX_SHARE).
     ``scale``: work pixels per image pixel of the people's coordinates."""
     if not people or choice.main is None:
         return probability
@@ -186,9 +186,10 @@ def keep_subjects(probability: np.ndarray, people: list[Person], choice: Choice,
         members = sorted(holders[region])
         x, y, w, h = (int(v) for v in stats[region, :4])
         crop = (slice(y, y + h), slice(x, x + w))
-        owners = share_out(probability[crop], labels[crop] == region, [seeds[i][crop] for i in members])
+        inside = labels[crop] == region
+        owners = share_out(probability[crop], inside, [seeds[i][crop] for i in members])
         let_go = ~np.asarray([choice.subjects[i] for i in members])[owners]
-        result[crop][(labels[crop] == region) & let_go] = 0.0
+        result[crop][inside & let_go] = 0.0
     return result
 
 
