@@ -60,7 +60,7 @@ def naive_job(pipeline: Pipeline, jpeg: bytes, strength: int) -> None:
 
     spec = get_model("selfie")
     variant = spec.variant_for(width, height)
-    mask = segment(pipeline.engine_for(variant, spec), image, spec, variant, ("person",)).probability
+    mask = segment(pipeline.models.engine_for(variant, spec), image, spec, variant, ("person",)).probability
     alpha = cv2.resize(mask, (width, height))[..., None]
     sigma = blur_radius(strength, width, height) / 2
     blurred = cv2.GaussianBlur(image, (0, 0), sigma)

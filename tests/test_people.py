@@ -22,17 +22,16 @@ from backdrop.pipeline.people import (
     detector_input,
     face_of,
     find_people,
-    full_body_view,
     needs_poses,
     paste,
     pose_input,
     read_detections,
     read_pose,
     region_transform,
-    separate_people,
     weighted_nms,
     worth_a_pose,
 )
+from backdrop.pipeline.regions import full_body_view, separate_people
 
 POSE_DETECTOR = PEOPLE_MODELS["pose-detector"]
 FACE_DETECTOR = PEOPLE_MODELS["face-detector"]
@@ -216,9 +215,9 @@ def test_people_are_followed_between_detector_runs(pipeline, full_body_photo):
 
         return run
 
-    detect_faces = counted("faces", lambda image: pipeline.detect(FACE_DETECTOR, image))
-    detect_poses = counted("poses", lambda image: pipeline.detect(POSE_DETECTOR, image))
-    look_at = counted("looks", pipeline.look_at)
+    detect_faces = counted("faces", lambda image: pipeline.models.detect(FACE_DETECTOR, image))
+    detect_poses = counted("poses", lambda image: pipeline.models.detect(POSE_DETECTOR, image))
+    look_at = counted("looks", pipeline.models.look_at)
     people, detections = find_people(full_body_photo, POSE, detect_faces, detect_poses, look_at)
     followed, same = find_people(
         full_body_photo, POSE, detect_faces, detect_poses, look_at, tracked=people, detections=detections

@@ -139,11 +139,11 @@ def test_grayscale_and_alpha_inputs(pipeline, astronaut):
 def test_model_loaded_once_per_process(pipeline, astronaut_jpeg, chelsea):
     run(pipeline, astronaut_jpeg)
     run(pipeline, encode_rgb(chelsea), targets="cat")
-    engines = {name: pipeline._engines[name] for name in pipeline.loaded_files}
+    engines = {name: pipeline.models.loaded(name) for name in pipeline.loaded_files}
     for _ in range(3):
         run(pipeline, astronaut_jpeg)
         run(pipeline, encode_rgb(chelsea), targets="cat")
-    assert {name: pipeline._engines[name] for name in pipeline.loaded_files} == engines
+    assert {name: pipeline.models.loaded(name) for name in pipeline.loaded_files} == engines
     assert len(set(pipeline.loaded_files)) == len(pipeline.loaded_files)
 
 

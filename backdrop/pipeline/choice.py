@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from backdrop.params import Subjects
-from backdrop.pipeline.people import Person, seed_of
+from backdrop.pipeline.people import Person
+from backdrop.pipeline.regions import seed_of
 
 # A subject's face is at least this share of the main subject's face width (the same depth, give or take
 # a step back in a group; a person twice as far has a face half as wide).

@@ -12,7 +12,8 @@ there it adds what it is sure of (limbs, legs, a backlit arm) to the selfie prob
 its region is several times the photo and its segmentation coarse; the selfie pass is better there and
 the landmark model is not run at all (see ``worth_a_pose``).
 
-Pure functions over numpy arrays: the models are run by the caller (see ``Pipeline``).
+Pure functions over numpy arrays: the models are run by the caller (see ``loaded.LoadedModels``); what a
+person's segmentation does to the subject probability is in ``regions``.
 """
 
 from __future__ import annotations
@@ -40,21 +41,10 @@ PRESENCE_MIN = 0.5
 POSE_MIN_SCORE = 0.5
 # At most this many people get a landmark pass per frame, largest first.
 MAX_POSES = 6
-# Background enclosed by the subject (a gap between people, or between an arm and the body) at least this
-# share of the photo is never filled by the full-body view.
-HOLE_MIN_SHARE = 0.002
-# Where a person has no segmentation of their own, this box around the face stands for them when pixels
-# are shared out: face widths to either side, above and below the face.
-HEAD_AND_TORSO = (1.2, 0.3, 3.0)
 # A closer look's find is confirmed when this share of it lies on the confirming model's mask; else the
 # landmark model is asked (a region a quarter larger than what was found, upright).
 HINT_SEEN_SHARE = 0.25
 HINT_ENLARGE = 1.25
-# Between two people, background is what both their full-body segmentations put under this probability.
-GAP_MAX_PROBABILITY = 0.1
-# ... unless another model (DeepLab's person class) sees someone there: a region of it at least this share
-# of the smaller of the two bodies (a head and shoulders are about a fifth of a standing person).
-SOMEONE_MIN_SHARE = 0.2
 # A fresh detection is the same person as a tracked one when their regions overlap this much (IoU).
 TRACK_OVERLAP = 0.3
 # Pose landmarks: the nose, and the two auxiliary points (33, 34) that place the next region.
@@ -463,24 +453,6 @@ def on_grid(person: Person, scale: float, width: int, height: int) -> Person:
     )
 
 
-def seed_of(person: Person, width: int, height: int, scale: float) -> np.ndarray:
-    """Where ``person`` surely is, on a width x height grid (``scale``: grid pixels per image pixel)."""
-    if person.segmentation is not None:
-        seed = person.segmentation >= 0.5
-        if seed.any():
-            return seed
-    seed = np.zeros((height, width), np.uint8)
-    x, y = person.head
-    face = person.face_width
-    side, above, below = HEAD_AND_TORSO
-    corners = (
-        (round((x - side * face) * scale), round((y - above * face - face / 2) * scale)),
-        (round((x + side * face) * scale), round((y + below * face) * scale)),
-    )
-    cv2.rectangle(seed, *corners, 1, thickness=-1)
-    return seed > 0
-
-
 def unconfirmed_regions(probability: np.ndarray, looks: list[Box], evidence: np.ndarray, scale: float) -> list[Region]:
     """Where the closer looks found someone the confirming model does not see (a person too small for it):
     for each look whose subject pixels (``probability`` at 0.5, work resolution) lie mostly off
@@ -505,84 +477,6 @@ def unconfirmed_regions(probability: np.ndarray, looks: list[Box], evidence: np.
     return regions
 
 
-def bodies_of(people: list[Person]) -> np.ndarray | bool:
-    """Where the people's own segmentations are sure of them (their union on the work grid; False when
-    none has one)."""
-    bodies = [person.segmentation >= 0.5 for person in people if person.segmentation is not None]
-    return np.logical_or.reduce(bodies) if bodies else False
-
-
-def regions_with_people(mask: np.ndarray, people: list[Person], scale: float) -> np.ndarray:
-    """The connected regions of ``mask`` (work resolution) that hold one of ``people``'s seeds: where the
-    person models (a face, a pose) found someone that the subject probability agrees is there. It makes
-    a person found when the whole-photo class model (DeepLab) does not see them: a silhouette against
-    the sky, someone lying or upside down. ``scale``: work pixels per pixel of the people's coordinates."""
-    height, width = mask.shape
-    count, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    held = np.zeros(count, dtype=bool)
-    for person in people:
-        held[np.unique(labels[seed_of(person, width, height, scale)])] = True
-    held[0] = False
-    return held[labels]
-
-
-def separate_people(
-    probability: np.ndarray,
-    people: list[Person],
-    scale: float,
-    margin: float,
-    others_seen: np.ndarray | None = None,
-) -> np.ndarray:
-    """``probability`` (work resolution) with the background between people taken out: where two people's
-    full-body segmentations both say background, farther than ``margin`` work pixels from either body,
-    inside the hull the two span (the grass between sitting people, the wall between standing ones that
-    the coarser whole-photo pass filled in), and where ``others_seen`` (another model's mask of the
-    targets, e.g. DeepLab's person class) does not see someone: people nobody detected, walking between
-    two who were, are not a gap. ``scale``: work pixels per image pixel of the people."""
-    bodies = [person.segmentation for person in people if person.segmentation is not None]
-    if len(bodies) < 2:
-        return probability
-    sure = [body >= 0.5 for body in bodies]
-    anyone = np.maximum.reduce(bodies)
-    near = cv2.dilate(np.logical_or.reduce(sure).astype(np.uint8), _disc(margin)) > 0
-    # Only a region of the probability that runs from one of the two into the other is a bridge to cut: a
-    # separate region between them is someone else.
-    count, labels = cv2.connectedComponents((probability >= 0.5).astype(np.uint8), connectivity=8)
-    touched = [np.bincount(labels[mask], minlength=count) > 0 for mask in sure]
-    between = np.zeros(probability.shape, np.uint8)
-    for i in range(len(sure)):
-        for j in range(i + 1, len(sure)):
-            bridges = touched[i] & touched[j]
-            bridges[0] = False
-            if not bridges.any():
-                continue
-            points = cv2.findNonZero((sure[i] | sure[j]).astype(np.uint8))
-            hull = np.zeros(probability.shape, np.uint8)
-            cv2.fillConvexPoly(hull, cv2.convexHull(points), 1)
-            between |= hull & bridges[labels]
-    # Someone the landmark model did not look at (a face alone) may stand in between: not a gap.
-    height, width = probability.shape
-    for person in people:
-        if person.segmentation is None:
-            near |= seed_of(person, width, height, scale)
-    gap = (between > 0) & ~near & (anyone < GAP_MAX_PROBABILITY)
-    if others_seen is not None and gap.any():
-        # What the other model sees in the gap, region by region: at least a head and shoulders' worth of
-        # the smaller body is someone nobody detected (kept); less is the other model's coarse outline
-        # spilling between limbs and bodies (taken out).
-        seen = (gap & others_seen).astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(seen, connectivity=8)
-        smallest = min(int(np.count_nonzero(body)) for body in sure)
-        someone = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] >= SOMEONE_MIN_SHARE * smallest)
-        gap &= ~np.isin(labels, someone[someone > 0])
-    return np.where(gap, np.minimum(probability, anyone), probability).astype(np.float32)
-
-
-def _disc(radius: float) -> np.ndarray:
-    side = 2 * max(1, round(radius)) + 1
-    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
-
-
 def worth_a_pose(region: Region, width: int, height: int) -> bool:
     """Whether a person's full-body segmentation would be fine enough to use (see FULL_BODY_MAX_RATIO)."""
     return region.size <= FULL_BODY_MAX_RATIO * max(width, height)
@@ -600,23 +494,3 @@ def face_of(faces: list[Detection], detection: Detection) -> Detection | None:
         if distance <= best_distance:
             best, best_distance = face, distance
     return best
-
-
-def full_body_view(probability: np.ndarray, people: list[Person]) -> np.ndarray:
-    """``probability`` (work resolution) with each person's full-body segmentation (already on the work
-    grid) added where it is sure of a person (at least 0.5): the per-pixel maximum there. Not inside a
-    gap the probability leaves between parts of the subject (background between two people, or between
-    an arm and the body, wider than HOLE_MIN_SHARE of the photo): the landmark model, which sees one
-    person at a time, paints a second person in its region too, and the gap between them with it."""
-    seen = [person.segmentation for person in people if person.segmentation is not None]
-    if not seen:
-        return probability
-    body = np.maximum.reduce(seen)
-    background = (probability < 0.5).astype(np.uint8)
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(background, connectivity=4)
-    height, width = probability.shape
-    x, y, w, h, area = (stats[:, i] for i in range(5))
-    enclosed = (x > 0) & (y > 0) & (x + w < width) & (y + h < height) & (area >= HOLE_MIN_SHARE * height * width)
-    enclosed[0] = False  # label 0: the subject itself
-    addable = (body >= 0.5) & ~enclosed[labels]
-    return np.where(addable, np.maximum(probability, body), probability).astype(np.float32)
