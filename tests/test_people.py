@@ -31,7 +31,7 @@ from backdrop.pipeline.people import (
     weighted_nms,
     worth_a_pose,
 )
-from backdrop.pipeline.regions import full_body_view, separate_people
+from backdrop.pipeline.regions import full_body_view, merge_upright_looks, separate_people, turned_from_upright
 
 POSE_DETECTOR = PEOPLE_MODELS["pose-detector"]
 FACE_DETECTOR = PEOPLE_MODELS["face-detector"]
@@ -104,6 +104,28 @@ def test_a_region_cut_out_and_pasted_back_lands_where_it_came_from():
     ys, xs = np.nonzero(back > 0.5)
     assert abs(xs.mean() - 250) < 1.5 and abs(ys.mean() - 120) < 1.5
     assert back[5, 5] == 0.0  # outside the region: nothing
+
+
+def pose_in(region: Region) -> Pose:
+    return Pose(region, np.zeros((33, 2)), np.zeros(33), 1.0, np.zeros((256, 256), np.float32), region)
+
+
+def test_people_lying_down_get_an_upright_look_and_it_lands_on_them():
+    standing = Region(100.0, 100.0, 80.0, math.radians(20))
+    lying = Region(100.0, 100.0, 80.0, math.radians(-100))
+    turned_over = Region(100.0, 100.0, 80.0, math.radians(350))  # 10 degrees the other way
+    people = [Person(pose=pose_in(standing)), Person(pose=pose_in(lying)), Person(pose=pose_in(turned_over))]
+    assert turned_from_upright([*people, Person(region=lying)]) == [lying]  # no body seen: no look
+    # What the model sees upright (a bar down the middle of the crop) lies across the photo, on the grid.
+    seen = np.zeros((64, 64), np.float32)
+    seen[8:56, 28:36] = 1.0
+    base = np.full((100, 100), 0.2, np.float32)
+    merged = merge_upright_looks(base, [(lying, seen)], scale=0.5)
+    ys, xs = np.nonzero(merged > 0.5)
+    assert np.ptp(xs) > 3 * np.ptp(ys)  # lying: wider than tall
+    assert abs(xs.mean() - 50) < 1.5 and abs(ys.mean() - 50) < 1.5
+    assert merged[50, 40] > 0.9 and merged[0, 0] == pytest.approx(0.2, abs=1e-6)  # outside the region: as it was
+    assert np.array_equal(merge_upright_looks(base, [], scale=0.5), base)
 
 
 def test_pose_outputs_are_read_in_image_pixels():

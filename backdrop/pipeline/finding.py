@@ -1,6 +1,6 @@
 """Finding the subject, as named steps: what the whole frame shows (the model's views, tiles where every
-subject is small, a confirming model, closer looks) → the people in it → each person's region → who of
-them is a subject → the subject's mask. Each step is a module of pure functions (``segment``,
+subject is small, a confirming model, closer looks) → the people in it (and an upright look at each one
+lying down) → each person's region → who of them is a subject → the subject's mask. Each step is a module of pure functions (``segment``,
 ``subject``, ``people``, ``regions``, ``choice``, ``refine``, ``objects``); this module runs the models
 for them and passes each step's result on. The rules and the numbers that chose them: docs/models.md.
 """
@@ -19,9 +19,16 @@ from backdrop.pipeline.choice import Choice, choose_regions, settle_subjects
 from backdrop.pipeline.geometry import make_preview
 from backdrop.pipeline.loaded import LoadedModels, face_spec, pose_detector_spec, pose_spec
 from backdrop.pipeline.objects import knowing_spec, objects_kept_or_not, resized_mask
-from backdrop.pipeline.people import Person, Region, find_people, on_grid, unconfirmed_regions
+from backdrop.pipeline.people import Person, Region, find_people, on_grid, unconfirmed_regions, upright_crop
 from backdrop.pipeline.refine import clean_probability
-from backdrop.pipeline.regions import bodies_of, full_body_view, regions_with_people, separate_people
+from backdrop.pipeline.regions import (
+    bodies_of,
+    full_body_view,
+    merge_upright_looks,
+    regions_with_people,
+    separate_people,
+    turned_from_upright,
+)
 from backdrop.pipeline.segment import Segmentation
 from backdrop.pipeline.subject import (
     WORK_LONG_SIDE,
@@ -37,6 +44,9 @@ from backdrop.settings import Settings
 
 # A target covering less than this share of the image counts as not found.
 FOUND_MIN_COVERAGE = 0.001
+# An upright look's crop is the region's own size in preview pixels, at most this (twice the selfie
+# model's input: finer gains nothing).
+UPRIGHT_LOOK_MAX_SIDE = 512
 
 
 @dataclass(frozen=True)
@@ -177,6 +187,7 @@ class SubjectFinder:
         fresh = True
         if with_people:
             people, fresh = self._people_on_grid(grid, probability, whole, evidence, history)
+            probability = self._upright_looks(probability, people, grid, spec, params.targets, views)
             evidence = evidence | bodies_of(people)
         scale = grid.width / whole.first.probability.shape[1]  # work pixels per first-pass model pixel
         probability = self._cleaned(probability, whole, evidence, spec, params, scale)
@@ -299,6 +310,25 @@ class SubjectFinder:
             hints = unconfirmed_regions(probability, whole.looks, evidence, grid.to_work)
         people, fresh = self.find_people(grid.preview, history, hints)
         return [on_grid(person, grid.to_work, grid.width, grid.height) for person in people], fresh
+
+    def _upright_looks(
+        self,
+        probability: np.ndarray,
+        people: list[Person],
+        grid: WorkGrid,
+        spec: ModelSpec,
+        targets: tuple[str, ...],
+        views: bool,
+    ) -> np.ndarray:
+        """A person turned from upright (lying, seen from above; see ``turned_from_upright``) gets a pass
+        of the job's model on their body's region turned upright, blended in as a closer look is."""
+        looks = []
+        for region in turned_from_upright(people):
+            side = max(16, min(UPRIGHT_LOOK_MAX_SIDE, round(region.size)))
+            crop = upright_crop(grid.preview, region, side)
+            found = self.models.segment(spec, crop, targets, views=views).probability
+            looks.append((region, cv2.resize(found, (side, side), interpolation=cv2.INTER_LINEAR)))
+        return merge_upright_looks(probability, looks, grid.to_work) if looks else probability
 
     def _cleaned(
         self,

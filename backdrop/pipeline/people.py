@@ -393,16 +393,21 @@ def region_transform(region: Region, size: int) -> np.ndarray:
     return np.hstack([linear, offset[:, None]]).astype(np.float32)
 
 
-def pose_input(image: np.ndarray, region: Region, spec: PoseSpec) -> np.ndarray:
-    """The region cut out of the BGR ``image`` upright, as the landmark model's RGB 0-1 input (outside the
-    image its edge pixels are repeated, as MediaPipe feeds it)."""
-    crop = cv2.warpAffine(
+def upright_crop(image: np.ndarray, region: Region, side: int) -> np.ndarray:
+    """The region cut out of ``image`` upright, side x side pixels (outside the image its edge pixels are
+    repeated, as MediaPipe feeds the landmark model)."""
+    return cv2.warpAffine(
         image,
-        region_transform(region, spec.input_size),
-        (spec.input_size, spec.input_size),
+        region_transform(region, side),
+        (side, side),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=cv2.BORDER_REPLICATE,
     )
+
+
+def pose_input(image: np.ndarray, region: Region, spec: PoseSpec) -> np.ndarray:
+    """The region cut out of the BGR ``image`` upright, as the landmark model's RGB 0-1 input."""
+    crop = upright_crop(image, region, spec.input_size)
     return cv2.cvtColor(crop, cv2.COLOR_BGR2RGB).astype(np.float32) * np.float32(1 / 255)
 
 

@@ -2,17 +2,21 @@
 them. Their own full-body segmentation adds what it is sure of (``full_body_view``); the background
 between two people is taken out (``separate_people``); a region of the probability that holds someone's
 seed counts as a person found (``regions_with_people``). Where a person has no segmentation of their own,
-a box around the face stands for them (``seed_of``).
+a box around the face stands for them (``seed_of``). A person turned from upright (lying, seen from
+above) gets a pass of the job's model on their region turned upright (``turned_from_upright``).
 
 Pure functions over numpy arrays.
 """
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
-from backdrop.pipeline.people import Person
+from backdrop.pipeline.people import Person, Region, paste
+from backdrop.pipeline.subject import Box, blended, feather
 
 # Background enclosed by the subject (a gap between people, or between an arm and the body) at least this
 # share of the photo is never filled by the full-body view.
@@ -25,6 +29,10 @@ GAP_MAX_PROBABILITY = 0.1
 # ... unless another model (DeepLab's person class) sees someone there: a region of it at least this share
 # of the smaller of the two bodies (a head and shoulders are about a fifth of a standing person).
 SOMEONE_MIN_SHARE = 0.2
+# A person whose body's region is turned more than this from upright (radians) gets an upright look: the
+# selfie model was trained on upright people and misses most of one lying down; past 45 degrees a person
+# lies more than stands.
+UPRIGHT_LOOK_MIN_ROTATION = math.pi / 4
 
 
 def seed_of(person: Person, width: int, height: int, scale: float) -> np.ndarray:
@@ -141,3 +149,31 @@ def separate_people(
 def _disc(radius: float) -> np.ndarray:
     side = 2 * max(1, round(radius)) + 1
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (side, side))
+
+
+def turned_from_upright(people: list[Person]) -> list[Region]:
+    """The body regions (the landmark model's, so a body was seen there) of the people turned more than
+    UPRIGHT_LOOK_MIN_ROTATION from upright."""
+    return [
+        person.pose.region
+        for person in people
+        if person.pose is not None
+        and abs(math.remainder(person.pose.region.rotation, math.tau)) > UPRIGHT_LOOK_MIN_ROTATION
+    ]
+
+
+def merge_upright_looks(base: np.ndarray, looks: list[tuple[Region, np.ndarray]], scale: float) -> np.ndarray:
+    """``base`` (work resolution) with each upright look's probability (square, upright in its region,
+    ``scale``: work pixels per pixel of the regions) turned back onto the grid and blended in by a weight
+    that ramps to 0 towards the region's edges, as a closer look's does."""
+    height, width = base.shape
+    total = np.zeros_like(base)
+    weights = np.zeros_like(base)
+    for region, probability in looks:
+        side = probability.shape[0]
+        # A box with every edge inside the frame: it ramps on all four sides.
+        weight = feather(Box(1, 1, side + 1, side + 1), side + 2, side + 2)
+        on_grid = region.scaled(scale)
+        weights += paste(weight, on_grid, width, height)
+        total += paste((weight * probability).astype(np.float32), on_grid, width, height)
+    return blended(base, total, weights)

@@ -161,6 +161,12 @@ def merge_looks(base: np.ndarray, looks: list[tuple[Box, np.ndarray]]) -> np.nda
         rows, cols = slice(look.y0, look.y1), slice(look.x0, look.x1)
         total[rows, cols] += weight * probability
         weights[rows, cols] += weight
+    return blended(base, total, weights)
+
+
+def blended(base: np.ndarray, total: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """``base`` with the looks' weighted sum ``total`` (and the sum of their ``weights``) blended in: where
+    the weights reach 1 the looks replace it, averaged by weight where they overlap."""
     covered = np.minimum(weights, 1.0)
     closer = np.divide(total, weights, out=np.zeros_like(total), where=weights > 0)
     return (base * (1.0 - covered) + closer * covered).astype(np.float32)
