@@ -1,8 +1,9 @@
 """Finding the subject, as named steps: what the whole frame shows (the model's views, tiles where every
 subject is small, a confirming model, closer looks) → the people in it (and an upright look at each one
-lying down) → each person's region → who of them is a subject → the subject's mask. Each step is a module of pure functions (``segment``,
-``subject``, ``people``, ``regions``, ``choice``, ``refine``, ``objects``); this module runs the models
-for them and passes each step's result on. The rules and the numbers that chose them: docs/models.md.
+lying down) → each person's region → who of them is a subject → the subject's mask. Each step is a
+module of pure functions (``segment``, ``subject``, ``people``, ``regions``, ``choice``, ``refine``,
+``objects``); this module runs the models for them and passes each step's result on. The rules and the
+numbers that chose them: docs/models.md.
 """
 
 from __future__ import annotations
