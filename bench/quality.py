@@ -78,7 +78,7 @@ def full_body_only(pipeline: Pipeline, photo: np.ndarray) -> np.ndarray | None:
     """The matte made from the full-body view alone (the people's own segmentations, through the same
     trimap matte), or None when the landmark model did not run on this photo (a close-up)."""
     preview = make_preview(photo, PREVIEW_LONG_SIDE)
-    people, _ = pipeline.find_people(preview)
+    people, _ = pipeline.finder.find_people(preview)
     work_w, work_h = work_size(preview.shape[1], preview.shape[0])
     scale = work_w / preview.shape[1]
     bodies = [on_grid(p, scale, work_w, work_h).segmentation for p in people if p.pose is not None]

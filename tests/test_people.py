@@ -213,7 +213,7 @@ def full_body_photo() -> np.ndarray:
 def test_the_real_models_find_a_whole_person(pipeline, full_body_photo):
     """A man on a bike, full length: the face detector finds his face, the pose detector his body, and
     the landmark model's nose lies on that face; the segmentation covers him, not the path beside him."""
-    people, fresh = pipeline.find_people(full_body_photo)
+    people, fresh = pipeline.finder.find_people(full_body_photo)
     assert fresh and len(people) == 1
     person = people[0]
     assert person.face is not None and person.pose is not None and person.pose.presence > 0.5

@@ -26,7 +26,6 @@ from backdrop.pipeline.geometry import make_preview
 from backdrop.pipeline.imageio import encode_image, load_image
 from backdrop.pipeline.loaded import LoadedModels
 from backdrop.pipeline.metadata import attach_exif, upright_exif
-from backdrop.pipeline.people import Person, Region
 from backdrop.pipeline.pixels import pixel_ops
 from backdrop.pipeline.refine import Alpha, refine_alpha
 from backdrop.pipeline.subject import WORK_LONG_SIDE
@@ -128,22 +127,6 @@ class Pipeline:
     def preload(self, model_names: Iterable[str]) -> None:
         self.models.preload(model_names)
 
-    def find_people(
-        self, preview: np.ndarray, history: FrameHistory | None = None, hints: list[Region] | None = None
-    ) -> tuple[list[Person], bool]:
-        """See :meth:`SubjectFinder.find_people`."""
-        return self.finder.find_people(preview, history, hints)
-
-    def find_subject(
-        self,
-        preview: np.ndarray,
-        params: JobParams,
-        history: FrameHistory | None = None,
-        small: np.ndarray | None = None,
-    ) -> SubjectMap:
-        """See :meth:`SubjectFinder.find`."""
-        return self.finder.find(preview, params, history, small)
-
     def process_frame(
         self,
         image: np.ndarray,
@@ -156,7 +139,7 @@ class Pipeline:
     ) -> FrameResult:
         """One upright BGR frame (HxWx3 uint8) in, the rendered frame out: the stages every still image,
         video frame and live frame goes through. ``clock`` times the stages (and enforces a deadline);
-        ``history`` is the memory of the sequence the frame belongs to (see ``find_subject``)."""
+        ``history`` is the memory of the sequence the frame belongs to (see ``SubjectFinder.find``)."""
         clock = clock or StageClock()
         with clock.stage("segment"):
             preview = make_preview(image, PREVIEW_LONG_SIDE)
