@@ -132,7 +132,10 @@ def test_sigkill_mid_job_is_redelivered_and_stored_once(stack, settings, store, 
     os.kill(pid_of(first), signal.SIGKILL)
     record = finished(store, job_id)
     assert record.status is JobStatus.SUCCEEDED, record.error
-    assert record.attempts == 2 and pid_of(record) != pid_of(first)
+    # Celery hands the lost message on when its pool notices the death (well inside the 3 s lease here;
+    # on a loaded machine it took 3.5 s once); by then the lease may have run out and the job been taken
+    # over too. Either way one attempt after the killed one finishes it, and its result alone is stored.
+    assert record.attempts in (2, 3) and pid_of(record) != pid_of(first)
     assert result_objects(settings, job_id) == [record.result.key]
 
 
