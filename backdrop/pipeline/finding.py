@@ -137,7 +137,7 @@ class WholeFrame:
     @property
     def targets_seen(self) -> np.ndarray:
         """Where the class masks see any target (the confirming model's, where there is one)."""
-        return np.logical_or.reduce(list(self.class_masks.values()))
+        return _any_target(self.class_masks)
 
 
 class SubjectFinder:
@@ -275,8 +275,7 @@ class SubjectFinder:
         first, confirming = passes(grid.small)
         probability = grid.resized(first.probability)
         class_masks = grid.masks((confirming or first).class_masks)
-        found = (probability >= 0.5) | np.logical_or.reduce(list(class_masks.values()))
-        if self.settings.closer_look and needs_scan(found):
+        if self.settings.closer_look and needs_scan(_anything_found(probability, class_masks)):
             preview = grid.preview
             sx, sy = preview.shape[1] / grid.width, preview.shape[0] / grid.height
             tiles = []
@@ -292,7 +291,7 @@ class SubjectFinder:
             probability = merge_looks(probability, tiles)
         looks: list[Box] = []
         if self.settings.closer_look:
-            looks = plan_looks((probability >= 0.5) | np.logical_or.reduce(list(class_masks.values())))
+            looks = plan_looks(_anything_found(probability, class_masks))
         return WholeFrame(first, confirming, probability, class_masks, looks)
 
     # Step 2: the people in it.
@@ -420,6 +419,15 @@ class SubjectFinder:
             people=tuple(people),
             subjects=choice.subjects if choice is not None else (),
         )
+
+
+def _any_target(class_masks: dict[str, np.ndarray]) -> np.ndarray:
+    return np.logical_or.reduce(list(class_masks.values()))
+
+
+def _anything_found(probability: np.ndarray, class_masks: dict[str, np.ndarray]) -> np.ndarray:
+    """Where the model's probability or any class mask sees a target: what the scan and the looks plan by."""
+    return (probability >= 0.5) | _any_target(class_masks)
 
 
 def _detectors_key(preview: np.ndarray) -> str:
